@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Set up the summarizer environment: a virtualenv with pinned dependencies and Horovod 0.28.1
+# built from its sdist (with the TF 2.21 build fix), the built wheel cached outside the repo.
+#
+# Usage: scripts/setup.sh [--gpu] [--venv DIR]
+#   --gpu       GPU build: tensorflow[and-cuda], Horovod with NCCL and MPI (used by Dockerfile.gpu)
+#   --venv DIR  where to create the virtualenv (default: .venv in the repo)
+# Environment: SUMMARIZER_CACHE (default ~/.cache/summarizer) holds the Horovod sdist and wheels.
+# Idempotent: a second run reuses the virtualenv and the cached wheel and only checks.
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TF_VERSION=2.21.0
+HOROVOD_VERSION=0.28.1
+PYTHON_MINOR=3.11
+VARIANT=cpu
+VENV_DIR="$REPO_DIR/.venv"
+CACHE_DIR=${SUMMARIZER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/summarizer}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --gpu) VARIANT=gpu ;;
+    --venv) VENV_DIR=$2; shift ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown option '$1' (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+BUILD_DIRS=()
+cleanup() { [ ${#BUILD_DIRS[@]} -eq 0 ] || rm -rf "${BUILD_DIRS[@]}"; }
+trap cleanup EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+# pip warns once per package about find-links folders that do not exist on some machines; keep the rest.
+pip_quietly() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+find_python() {
+  local candidate
+  for candidate in "${PYTHON:-}" python$PYTHON_MINOR python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$PYTHON_MINOR" ]; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+check_prerequisites() {
+  step "Checking prerequisites (Python $PYTHON_MINOR, g++, cmake)"
+  PYTHON_BIN=$(find_python) || die "Python $PYTHON_MINOR not found (set PYTHON=/path/to/python$PYTHON_MINOR). On Debian/Ubuntu: apt-get install python$PYTHON_MINOR python$PYTHON_MINOR-venv python$PYTHON_MINOR-dev"
+  "$PYTHON_BIN" -c 'import venv, ensurepip' 2>/dev/null || die "$PYTHON_BIN lacks venv/ensurepip. On Debian/Ubuntu: apt-get install python$PYTHON_MINOR-venv"
+  command -v g++ >/dev/null || die "g++ not found; Horovod compiles C++. On Debian/Ubuntu: apt-get install g++"
+  command -v cmake >/dev/null || die "cmake not found; Horovod's build needs it. On Debian/Ubuntu: apt-get install cmake"
+  echo "python: $PYTHON_BIN; $(g++ --version | head -1); $(cmake --version | head -1)"
+}
+
+create_venv() {
+  if [ -x "$VENV_DIR/bin/python" ]; then
+    step "Reusing virtualenv $VENV_DIR"
+  else
+    step "Creating virtualenv $VENV_DIR"
+    "$PYTHON_BIN" -m venv "$VENV_DIR"
+  fi
+  PIP=(pip_quietly "$VENV_DIR/bin/python" -m pip --disable-pip-version-check)
+}
+
+tensorflow_requirement() {
+  if [ "$VARIANT" = gpu ]; then echo "tensorflow[and-cuda]==$TF_VERSION"; else echo "tensorflow-cpu==$TF_VERSION"; fi
+}
+
+install_requirements() {
+  step "Installing pinned dependencies ($(tensorflow_requirement), requirements.txt)"
+  "${PIP[@]}" install --quiet --upgrade pip==25.3 setuptools==80.9.0 wheel==0.45.1
+  "${PIP[@]}" install --quiet -c "$REPO_DIR/constraints.txt" "$(tensorflow_requirement)" -r "$REPO_DIR/requirements.txt"
+}
+
+horovod_build_env() {
+  export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+  if [ "$VARIANT" = gpu ]; then
+    export HOROVOD_WITH_MPI=1 HOROVOD_GPU_OPERATIONS=NCCL
+  else
+    export HOROVOD_WITHOUT_MPI=1
+    unset HOROVOD_GPU_OPERATIONS
+  fi
+  export MAKEFLAGS="-j$(nproc)"
+}
+
+patch_horovod_source() {
+  local src=$1
+  # TF 2.21 moved xla_builder.h; the XLA-compiled Horovod ops are optional, so leave them out (upstream PR #4302).
+  sed -i '/xla_mpi_ops\.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
+  # Gloo's global process set ignored --network-interfaces and fell back to the hostname across hosts.
+  sed -i '/GlooContext::InitializeForProcessSet/,/CreateDevice/ s/device_attr\.iface = gloo_iface_;/device_attr.iface = global_context.gloo_iface_;/' \
+    "$src/horovod/common/gloo/gloo_context.cc"
+  grep -q 'xla_mpi_ops' "$src/horovod/tensorflow/CMakeLists.txt" && die "patching Horovod's CMakeLists.txt failed"
+  grep -q 'global_context.gloo_iface_' "$src/horovod/common/gloo/gloo_context.cc" || die "patching Horovod's gloo_context.cc failed"
+}
+
+build_horovod_wheel() {
+  local wheel_dir=$1 work
+  work=$(mktemp -d)
+  BUILD_DIRS+=("$work")
+  mkdir -p "$CACHE_DIR/sdist"
+  if [ ! -f "$CACHE_DIR/sdist/horovod-$HOROVOD_VERSION.tar.gz" ]; then
+    step "Downloading the Horovod $HOROVOD_VERSION sdist"
+    "${PIP[@]}" download --quiet --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$CACHE_DIR/sdist"
+  fi
+  tar -xzf "$CACHE_DIR/sdist/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
+  patch_horovod_source "$work/horovod-$HOROVOD_VERSION"
+  step "Building Horovod $HOROVOD_VERSION ($VARIANT: TensorFlow + Gloo$([ "$VARIANT" = gpu ] && echo ' + MPI + NCCL')); this takes a few minutes"
+  horovod_build_env
+  (cd "$work/horovod-$HOROVOD_VERSION" &&
+     "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$work/dist" . > "$work/build.log" 2>&1) ||
+    { tail -40 "$work/build.log" >&2; die "Horovod build failed (log above)"; }
+  mkdir -p "$wheel_dir"
+  mv "$work"/dist/horovod-*.whl "$wheel_dir/"
+}
+
+install_horovod() {
+  local wheel_dir="$CACHE_DIR/wheels/horovod-$HOROVOD_VERSION-$VARIANT-tf$TF_VERSION-py$PYTHON_MINOR"
+  if "$VENV_DIR/bin/python" -c "import horovod, horovod.tensorflow" 2>/dev/null &&
+     [ "$("$VENV_DIR/bin/python" -c 'import horovod; print(horovod.__version__)')" = "$HOROVOD_VERSION" ]; then
+    step "Horovod $HOROVOD_VERSION already installed"
+    return
+  fi
+  if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
+    build_horovod_wheel "$wheel_dir"
+  else
+    step "Reusing cached Horovod wheel from $wheel_dir"
+  fi
+  "${PIP[@]}" install --quiet --no-deps "$wheel_dir"/horovod-*.whl
+}
+
+install_project() {
+  step "Installing the summarizer package (editable)"
+  "${PIP[@]}" install --quiet --no-deps --no-build-isolation -e "$REPO_DIR"
+}
+
+check_horovod_build() {
+  step "Checking the Horovod build"
+  local report
+  report=$("$VENV_DIR/bin/horovodrun" --check-build)
+  echo "$report"
+  grep -q '\[X\] TensorFlow' <<<"$report" || die "Horovod was built without TensorFlow support"
+  grep -q '\[X\] Gloo' <<<"$report" || die "Horovod was built without Gloo support"
+}
+
+main() {
+  local start=$SECONDS
+  check_prerequisites
+  create_venv
+  install_requirements
+  install_horovod
+  install_project
+  check_horovod_build
+  step "Set-up done in $((SECONDS - start)) s. Activate with: . $VENV_DIR/bin/activate"
+}
+
+main

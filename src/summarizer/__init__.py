@@ -1,0 +1,1 @@
+"""Text summarization with GRU/LSTM pointer-generator networks, trained data-parallel with Horovod."""
