@@ -1,0 +1,577 @@
+"""The ingest stage's work: read a corpus, normalize, filter, dedupe, group near-duplicates, split by a hash.
+
+Near-duplicates (foo, foo-dev, libfoo1 repeating one description with a sentence changed) are joined by
+union-find over several keys, and the split is a hash of the resulting group, so one family never lands in
+two splits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import re
+import tempfile
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow
+import pyarrow.parquet
+
+from summarizer import debian
+from summarizer.config import IngestConfig, SplitConfig
+from summarizer.io import atomic_directory, write_json
+
+LOG = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+DROP_REASONS = ("empty_text", "empty_summary", "short_text", "long_text", "short_summary", "long_summary")
+FORMATS_BY_SUFFIX = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+LEAKAGE_WORDS = 20
+PARQUET_BATCH_ROWS = 4096
+CSV_FIELD_LIMIT = 1 << 30
+SNAPSHOT_NAME = "Translation-en.txt"
+_KEY_WORD = re.compile(r"\w+")
+
+
+class IngestError(ValueError):
+    """The corpus cannot be read or leaves nothing to train on; the message names the file, line and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    id: str
+    text: str
+    summary: str
+    group_value: str = ""  # the group_column value: records sharing it share a split
+    package: str = ""  # Debian package name: its stem groups foo, foo-dev, libfoo1
+
+
+@dataclass(frozen=True)
+class Columns:
+    text: str
+    summary: str
+    group: str = ""
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (self.text, self.summary, self.group) if self.group else (self.text, self.summary)
+
+
+@dataclass
+class CleanResult:
+    records: list[SourceRecord]
+    input_records: int
+    dropped: dict[str, int]
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class Grouping:
+    group_ids: list[str]  # one per record: the id of the group's first record
+    num_groups: int
+    largest_group: int
+    boilerplate_keys: int  # keys shared by more than max_group_key_records records, not used
+
+
+# Normalization ---------------------------------------------------------------------------------------------
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, whitespace collapsed within lines; line breaks kept as paragraph breaks, blank lines dropped."""
+    lines = (" ".join(line.split()) for line in unicodedata.normalize("NFKC", text).splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def normalize_summary(summary: str) -> str:
+    """NFKC and all whitespace, line breaks included, collapsed to single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", summary).split())
+
+
+def word_key(text: str, num_words: int) -> str:
+    """The first ``num_words`` words, lowercased and stripped of punctuation."""
+    return " ".join(_KEY_WORD.findall(text.lower())[:num_words])
+
+
+# Readers ---------------------------------------------------------------------------------------------------
+
+
+def resolve_format(path: Path, file_format: str) -> str:
+    if file_format != "auto":
+        return file_format
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS_BY_SUFFIX:
+        supported = ", ".join(f"{ending} ({name})" for ending, name in FORMATS_BY_SUFFIX.items())
+        raise IngestError(
+            f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; supported: "
+            f"{supported}. Rename the file or set ingest.format to csv, jsonl or parquet."
+        )
+    return FORMATS_BY_SUFFIX[suffix]
+
+
+def read_records(path: Path, file_format: str, columns: Columns) -> Iterator[SourceRecord]:
+    """Iterate the records of a CSV, JSONL or Parquet file (``file_format`` may be "auto")."""
+    readers = {"csv": read_csv, "jsonl": read_jsonl, "parquet": read_parquet}
+    return readers[resolve_format(path, file_format)](path, columns)
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Physical lines with their 1-based numbers, so a non-UTF-8 byte is reported on its own line."""
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise IngestError(f"{path}: cannot open: {error.strerror}") from None
+    with handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            try:
+                yield line_number, raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise IngestError(
+                    f"{path}: line {line_number}: not valid UTF-8 (byte 0x{raw_line[error.start]:02x} at "
+                    f"column {error.start + 1}); re-encode the file as UTF-8"
+                ) from None
+
+
+def _check_columns(path: Path, found: list[str], columns: Columns) -> None:
+    settings = {columns.text: "text_column", columns.summary: "summary_column", columns.group: "group_column"}
+    missing = [f"{name!r} (ingest.{settings[name]})" for name in columns.required if name not in found]
+    if missing:
+        raise IngestError(
+            f"{path}: missing column(s) {', '.join(missing)}; columns found: {', '.join(found) or 'none'}"
+        )
+
+
+def read_csv(path: Path, columns: Columns) -> Iterator[SourceRecord]:
+    """Rows of a CSV file with a header row; the record id is the data row number."""
+    # Long articles exceed csv's default 128 KiB field limit; the word limits drop them later, with a count.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    reader = csv.reader(line for _, line in _decoded_lines(path))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise IngestError(
+                f"{path}: empty file; expected a header row naming the columns {', '.join(columns.required)}"
+            )
+        _check_columns(path, header, columns)
+        positions = {name: header.index(name) for name in columns.required}
+        for row_number, row in enumerate(reader, start=1):
+            if not row:
+                continue
+            location = f"{path}: line {reader.line_num} (row {row_number})"
+            for name, position in positions.items():
+                if position >= len(row):
+                    raise IngestError(
+                        f"{location}: field {name!r} is missing: the row has {len(row)} of "
+                        f"{len(header)} columns"
+                    )
+            yield _record(
+                str(row_number),
+                {name: row[position] for name, position in positions.items()},
+                location,
+                columns,
+            )
+    except csv.Error as error:
+        raise IngestError(f"{path}: line {reader.line_num}: malformed CSV: {error}") from None
+
+
+def read_jsonl(path: Path, columns: Columns) -> Iterator[SourceRecord]:
+    """One JSON object a line; blank lines are skipped; the record id is the line number."""
+    for line_number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        location = f"{path}: line {line_number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise IngestError(f"{location}: malformed JSON: {error.msg} at column {error.colno}") from None
+        if not isinstance(value, dict):
+            raise IngestError(
+                f"{location}: expected a JSON object with fields {', '.join(columns.required)}, "
+                f"got {_json_type(value)}"
+            )
+        missing = [name for name in columns.required if name not in value]
+        if missing:
+            raise IngestError(
+                f"{location}: missing field(s) {', '.join(map(repr, missing))}; fields found: "
+                f"{', '.join(value) or 'none'}"
+            )
+        yield _record(str(line_number), value, location, columns)
+
+
+def read_parquet(path: Path, columns: Columns) -> Iterator[SourceRecord]:
+    """Rows of a Parquet file, read in batches; the record id is the row number."""
+    try:
+        parquet_file = pyarrow.parquet.ParquetFile(path)
+    except (pyarrow.ArrowInvalid, OSError) as error:
+        raise IngestError(f"{path}: not a readable Parquet file: {error}") from None
+    schema = parquet_file.schema_arrow
+    _check_columns(path, schema.names, columns)
+    for name in (columns.text, columns.summary):
+        column_type = schema.field(name).type
+        if not (pyarrow.types.is_string(column_type) or pyarrow.types.is_large_string(column_type)):
+            raise IngestError(f"{path}: column {name!r} has type {column_type}; expected strings")
+    row_number = 0
+    try:
+        for batch in parquet_file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(columns.required)):
+            values = {name: batch.column(name).to_pylist() for name in columns.required}
+            for row_values in zip(*values.values(), strict=True):
+                row_number += 1
+                yield _record(
+                    str(row_number),
+                    dict(zip(values, row_values, strict=True)),
+                    f"{path}: row {row_number}",
+                    columns,
+                )
+    except pyarrow.ArrowInvalid as error:
+        raise IngestError(f"{path}: after row {row_number}: cannot read Parquet data: {error}") from None
+
+
+def _record(record_id: str, values: Mapping[str, Any], location: str, columns: Columns) -> SourceRecord:
+    for name in (columns.text, columns.summary):
+        if not isinstance(values[name], str):
+            preview = json.dumps(values[name], default=str)[:40]
+            raise IngestError(
+                f"{location}: field {name!r} must be a string, got {_json_type(values[name])} {preview}"
+            )
+    group = values[columns.group] if columns.group else None
+    group_value = (
+        "" if group is None else group if isinstance(group, str) else json.dumps(group, sort_keys=True)
+    )
+    return SourceRecord(record_id, values[columns.text], values[columns.summary], group_value)
+
+
+def _json_type(value: Any) -> str:
+    names = {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "an array",
+        dict: "an object",
+        str: "a string",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+# Cleaning, grouping, splitting ------------------------------------------------------------------------------
+
+
+def drop_reason(text: str, summary: str, config: IngestConfig) -> str | None:
+    """Why a normalized pair is dropped (one of DROP_REASONS), or None to keep it."""
+    if not text:
+        return "empty_text"
+    if not summary:
+        return "empty_summary"
+    text_words, summary_words = len(text.split()), len(summary.split())
+    if text_words < config.min_text_words:
+        return "short_text"
+    if text_words > config.max_text_words:
+        return "long_text"
+    if summary_words < config.min_summary_words:
+        return "short_summary"
+    if summary_words > config.max_summary_words:
+        return "long_summary"
+    return None
+
+
+def clean_records(records: Iterable[SourceRecord], config: IngestConfig) -> CleanResult:
+    """Normalize, drop (counted by reason) and remove exact duplicate texts, keeping the first."""
+    result = CleanResult([], 0, dict.fromkeys(DROP_REASONS, 0), 0)
+    seen_texts: set[str] = set()
+    for record in records:
+        result.input_records += 1
+        text, summary = normalize_text(record.text), normalize_summary(record.summary)
+        reason = drop_reason(text, summary, config)
+        if reason is not None:
+            result.dropped[reason] += 1
+        elif text in seen_texts:
+            result.duplicates += 1
+        else:
+            seen_texts.add(text)
+            result.records.append(dataclasses.replace(record, text=text, summary=summary))
+    return result
+
+
+def grouping_keys(record: SourceRecord, group_words: int) -> set[str]:
+    """Keys that make two records near-copies: the text's first words, each paragraph's, the package stem.
+
+    The ``lead:`` key (the text's first words) always groups, however many records share it: texts that open
+    with the same words are the near-copies a split must keep together. The other keys are capped, since a
+    paragraph or stem shared by many records is boilerplate that would chain unrelated families together.
+    """
+    keys = set()
+    if lead := word_key(record.text, group_words):
+        keys.add(f"lead:{lead}")
+    for paragraph in record.text.split("\n"):
+        words = _KEY_WORD.findall(paragraph.lower())
+        if len(words) >= group_words:
+            keys.add(f"words:{' '.join(words[:group_words])}")
+    if record.package and (stem := debian.package_stem(record.package)):
+        keys.add(f"package:{stem}")
+    return keys
+
+
+class _UnionFind:
+    def __init__(self, size: int) -> None:
+        self.parents = list(range(size))
+
+    def find(self, item: int) -> int:
+        while self.parents[item] != item:
+            self.parents[item] = self.parents[self.parents[item]]
+            item = self.parents[item]
+        return item
+
+    def union(self, first: int, second: int) -> None:
+        first_root, second_root = self.find(first), self.find(second)
+        if first_root != second_root:
+            self.parents[max(first_root, second_root)] = min(first_root, second_root)
+
+
+def group_records(records: list[SourceRecord], group_words: int, max_key_records: int) -> Grouping:
+    """Join records sharing a key into components; a capped key held by over ``max_key_records`` is ignored.
+
+    Lead keys and group_column values always group (see :func:`grouping_keys`), whatever their count.
+    """
+    keys_per_record = [grouping_keys(record, group_words) for record in records]
+    key_counts = Counter(key for keys in keys_per_record for key in keys)
+    forest = _UnionFind(len(records))
+    first_holder: dict[str, int] = {}
+    for index, (record, keys) in enumerate(zip(records, keys_per_record, strict=True)):
+        usable = {key for key in keys if key.startswith("lead:") or key_counts[key] <= max_key_records}
+        if record.group_value:
+            usable.add(f"column:{record.group_value}")
+        for key in usable:
+            forest.union(index, first_holder.setdefault(key, index))
+    # Roots are the smallest index of each component (union keeps the minimum), i.e. its first record.
+    roots = [forest.find(index) for index in range(len(records))]
+    sizes = Counter(roots)
+    return Grouping(
+        group_ids=[records[root].id for root in roots],
+        num_groups=len(sizes),
+        largest_group=max(sizes.values(), default=0),
+        boilerplate_keys=sum(
+            1 for key, count in key_counts.items() if count > max_key_records and not key.startswith("lead:")
+        ),
+    )
+
+
+def split_of(group_id: str, seed: int, split: SplitConfig) -> str:
+    """The split of a whole group: a salted hash mapped to [0, 1)."""
+    digest = hashlib.sha256(f"{seed}\0{group_id}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    if fraction < split.val:
+        return "val"
+    if fraction < split.val + split.test:
+        return "test"
+    return "train"
+
+
+def count_leaks(
+    records: list[SourceRecord], splits: list[str], num_words: int = LEAKAGE_WORDS
+) -> dict[str, int]:
+    """How many val/test records share their first ``num_words`` words with a train record."""
+    keys = [word_key(record.text, num_words) for record in records]
+    train_keys = {key for key, split in zip(keys, splits, strict=True) if split == "train"}
+    return {
+        name: sum(1 for key, split in zip(keys, splits, strict=True) if split == name and key in train_keys)
+        for name in ("val", "test")
+    }
+
+
+def percentiles(values: list[int], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, int]:
+    """Nearest-rank percentiles, as integers."""
+    ordered = sorted(values)
+    if not ordered:
+        return {f"p{point}": 0 for point in points}
+    return {f"p{point}": ordered[max(0, math.ceil(point / 100 * len(ordered)) - 1)] for point in points}
+
+
+# The stage ------------------------------------------------------------------------------------------------
+
+
+def run_ingest(
+    config: IngestConfig, raw_dir: str | Path, out_dir: str | Path, stats_path: str | Path
+) -> dict:
+    """Read the configured corpus and write the raw snapshot, the three splits and the stats, atomically.
+
+    Returns:
+        The stats written to ``stats_path``.
+
+    Raises:
+        IngestError: bad input (named by file, line and field), apt missing or failing, or nothing left.
+    """
+    _check_source_ready(config)
+    with atomic_directory(raw_dir) as raw_staging, atomic_directory(out_dir) as out_staging:
+        source_info, records = _open_source(config, raw_staging)
+        cleaned = clean_records(records, config)
+        source_info.setdefault("records", cleaned.input_records)
+        write_json(raw_staging / "SOURCE.json", source_info)
+        LOG.info(
+            "filtered: kept %d of %d records (dropped %s; %d exact duplicate texts)",
+            len(cleaned.records),
+            cleaned.input_records,
+            _format_counts(cleaned.dropped),
+            cleaned.duplicates,
+        )
+        _require_records(cleaned)
+        grouping = group_records(cleaned.records, config.group_words, config.max_group_key_records)
+        splits = [split_of(group_id, config.seed, config.split) for group_id in grouping.group_ids]
+        split_counts = _split_counts(splits, grouping)
+        LOG.info(
+            "split: %s (%d groups, largest %d records)",
+            _format_counts(split_counts),
+            grouping.num_groups,
+            grouping.largest_group,
+        )
+        _write_splits(out_staging, cleaned.records, grouping.group_ids, splits)
+        stats = _stats(source_info, cleaned, grouping, splits, split_counts)
+        write_json(stats_path, stats)
+    LOG.info("written: %s/{train,val,test}.jsonl, %s/SOURCE.json, %s", out_dir, raw_dir, stats_path)
+    return stats
+
+
+def _check_source_ready(config: IngestConfig) -> None:
+    """Fail on a missing file, unknown format or missing apt before any output directory is created."""
+    if config.source == "debian":
+        try:
+            debian.check_apt_available()
+        except debian.DebianError as error:
+            raise IngestError(str(error)) from None
+        return
+    path = Path(config.path)
+    if not path.is_file():
+        raise IngestError(f"{path}: file not found (ingest.path; relative paths start at {Path.cwd()})")
+    resolve_format(path, config.format)
+
+
+def _open_source(config: IngestConfig, raw_staging: Path) -> tuple[dict[str, Any], Iterable[SourceRecord]]:
+    """The SOURCE.json provenance and the source's records (a lazy iterator for user files)."""
+    if config.source == "debian":
+        try:
+            return _debian_source(raw_staging)
+        except debian.DebianError as error:
+            raise IngestError(str(error)) from None
+    path = Path(config.path)
+    file_format = resolve_format(path, config.format)
+    sha256, num_bytes = _file_digest(path)
+    info = {"source": "file", "path": str(path), "format": file_format, "sha256": sha256, "bytes": num_bytes}
+    LOG.info("reading %s (%s, %d bytes)", path, file_format, num_bytes)
+    columns = Columns(config.text_column, config.summary_column, config.group_column)
+    return info, read_records(path, file_format, columns)
+
+
+def _debian_source(raw_staging: Path) -> tuple[dict[str, Any], list[SourceRecord]]:
+    with tempfile.TemporaryDirectory(prefix="summarizer-apt-") as work_dir:
+        LOG.info("fetching the Debian Translation-en index with apt-get update")
+        index = debian.fetch_index(Path(work_dir))
+        snapshot = debian.write_snapshot(index.translation_files, raw_staging / SNAPSHOT_NAME)
+    LOG.info(
+        "fetched %d bytes from %d index files (sha256 %s)",
+        snapshot.num_bytes,
+        len(snapshot.index_files),
+        snapshot.sha256[:12],
+    )
+    debian_records, num_stanzas = debian.read_snapshot(snapshot.path)
+    LOG.info("parsed %d records (%d packages)", num_stanzas, len(debian_records))
+    info = {
+        "source": "debian",
+        "snapshot": SNAPSHOT_NAME,
+        "sha256": snapshot.sha256,
+        "bytes": snapshot.num_bytes,
+        "records": num_stanzas,
+        "packages": len(debian_records),
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "apt_index_files": list(snapshot.index_files),
+        "apt_releases": index.release_dates,
+    }
+    records = [
+        SourceRecord(record.package, record.text, record.summary, package=record.package)
+        for record in debian_records
+    ]
+    return info, records
+
+
+def _file_digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    num_bytes = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            num_bytes += len(chunk)
+    return digest.hexdigest(), num_bytes
+
+
+def _require_records(cleaned: CleanResult) -> None:
+    if not cleaned.records:
+        raise IngestError(
+            f"no records left after filtering {cleaned.input_records} input records (dropped: "
+            f"{_format_counts(cleaned.dropped)}; exact duplicates: {cleaned.duplicates}); "
+            "check the column names and the ingest.min_/max_ word limits"
+        )
+
+
+def _split_counts(splits: list[str], grouping: Grouping) -> dict[str, int]:
+    counts = {name: splits.count(name) for name in SPLITS}
+    empty = [name for name, count in counts.items() if count == 0]
+    if empty:
+        raise IngestError(
+            f"split(s) {', '.join(empty)} would be empty: {len(splits)} records fall into only "
+            f"{grouping.num_groups} groups; use more data or larger ingest.split fractions"
+        )
+    return counts
+
+
+def _write_splits(
+    out_dir: Path, records: list[SourceRecord], group_ids: list[str], splits: list[str]
+) -> None:
+    with contextlib.ExitStack() as stack:
+        handles = {
+            name: stack.enter_context((out_dir / f"{name}.jsonl").open("w", encoding="utf-8"))
+            for name in SPLITS
+        }
+        for record, group_id, split in zip(records, group_ids, splits, strict=True):
+            line = {"id": record.id, "text": record.text, "summary": record.summary, "group": group_id}
+            handles[split].write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _stats(
+    source_info: dict[str, Any],
+    cleaned: CleanResult,
+    grouping: Grouping,
+    splits: list[str],
+    split_counts: dict[str, int],
+) -> dict[str, Any]:
+    return {
+        "input_records": cleaned.input_records,
+        "dropped": dict(cleaned.dropped),
+        "dropped_total": sum(cleaned.dropped.values()),
+        "duplicates_removed": cleaned.duplicates,
+        "records": len(cleaned.records),
+        "splits": split_counts,
+        "groups": grouping.num_groups,
+        "largest_group": grouping.largest_group,
+        "boilerplate_keys": grouping.boilerplate_keys,
+        "leakage_first_20_words": count_leaks(cleaned.records, splits),
+        "text_words": percentiles([len(record.text.split()) for record in cleaned.records]),
+        "summary_words": percentiles([len(record.summary.split()) for record in cleaned.records]),
+        "raw": {"sha256": source_info["sha256"], "records": source_info["records"]},
+    }
+
+
+def _format_counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items())

@@ -1,0 +1,104 @@
+"""`python -m pipeline.ingest` as DVC runs it: from the project directory, with a params file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO_ROOT, make_pairs, write_csv
+
+STAGE_ARGUMENTS = ["--raw-dir", "data/raw", "--out-dir", "data/ingested", "--stats", "metrics/ingest.json"]
+
+
+def run_stage(project: Path, *arguments: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.ingest", *arguments],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def write_params(project: Path, ingest: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump({"ingest": ingest}), encoding="utf-8")
+
+
+def test_help_describes_the_options(tmp_path: Path) -> None:
+    result = run_stage(tmp_path, "--help")
+
+    assert result.returncode == 0
+    for option in ("--params", "--raw-dir", "--out-dir", "--stats", "data/ingested", "metrics/ingest.json"):
+        assert option in result.stdout
+
+
+def test_stage_writes_outputs_and_reports_progress(tmp_path: Path) -> None:
+    write_csv(tmp_path / "data/external/tiny.csv", make_pairs(80))
+    write_params(
+        tmp_path, {"source": "file", "path": "data/external/tiny.csv", "split": {"val": 0.2, "test": 0.2}}
+    )
+
+    result = run_stage(tmp_path, "--params", "params.yaml", *STAGE_ARGUMENTS)
+
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "metrics/ingest.json").read_text(encoding="utf-8"))
+    assert stats["input_records"] == 80 and sum(stats["splits"].values()) == 80
+    for split in ("train", "val", "test"):
+        lines = (tmp_path / f"data/ingested/{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == stats["splits"][split] > 0
+        assert set(json.loads(lines[0])) == {"id", "text", "summary", "group"}
+    source = json.loads((tmp_path / "data/raw/SOURCE.json").read_text(encoding="utf-8"))
+    assert source["path"] == "data/external/tiny.csv" and source["records"] == 80
+    assert (
+        "ingest: filtered: kept 80 of 80 records" in result.stderr and "ingest: split: train" in result.stderr
+    )
+
+
+def test_bad_input_exits_1_with_one_message_and_no_outputs(tmp_path: Path) -> None:
+    corpus = tmp_path / "data/external/bad.jsonl"
+    corpus.parent.mkdir(parents=True)
+    corpus.write_text(
+        '{"text": "fine text", "summary": "ok"}\n{"text": 3, "summary": "ok"}\n', encoding="utf-8"
+    )
+    write_params(tmp_path, {"source": "file", "path": "data/external/bad.jsonl"})
+
+    result = run_stage(tmp_path, *STAGE_ARGUMENTS)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ingest: error: data/external/bad.jsonl: line 2: field 'text' must be a string, got a number 3"
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data/ingested").exists() and not (tmp_path / "data/raw").exists()
+    assert not (tmp_path / "metrics").exists()
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["external"]
+
+
+def test_missing_file_exits_1_before_creating_anything(tmp_path: Path) -> None:
+    write_params(tmp_path, {"source": "file", "path": "data/external/absent.csv"})
+
+    result = run_stage(tmp_path, *STAGE_ARGUMENTS)
+
+    assert result.returncode == 1
+    assert "ingest: error: data/external/absent.csv: file not found" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_invalid_params_exit_2_naming_the_key(tmp_path: Path) -> None:
+    write_params(tmp_path, {"source": "file", "path": "x.csv", "min_text_words": 0})
+
+    result = run_stage(tmp_path, *STAGE_ARGUMENTS)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "ingest: error: params.yaml: ingest.min_text_words: expected an integer >= 1"
+    )
+    assert "Traceback" not in result.stderr
