@@ -3,7 +3,7 @@
 # built from its sdist (with the TF 2.21 build fix), the built wheel cached outside the repo.
 #
 # Usage: scripts/setup.sh [--gpu] [--venv DIR]
-#   --gpu       GPU build: tensorflow[and-cuda], Horovod with NCCL and MPI (used by Dockerfile.gpu)
+#   --gpu       GPU build (needs nvcc, mpicxx, nccl.h): tensorflow[and-cuda], Horovod with NCCL and MPI (Dockerfile.gpu)
 #   --venv DIR  where to create the virtualenv (default: .venv in the repo)
 # Environment: SUMMARIZER_CACHE (default ~/.cache/summarizer) holds the Horovod sdist and wheels.
 # Idempotent: a second run reuses the virtualenv and the cached wheel and only checks.
@@ -13,6 +13,14 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TF_VERSION=2.21.0
 HOROVOD_VERSION=0.28.1
 PYTHON_MINOR=3.11
+# --gpu only: TF 2.21's tested GPU build is CUDA 12.5 / cuDNN 9.3, but its and-cuda extra only sets floors (and
+# floats to newer CUDA 12.x wheels): pin the floors, so the wheels match the CUDA 12.5 base of Dockerfile.gpu.
+GPU_CUDA_WHEELS=(
+  nvidia-cublas-cu12==12.5.3.2 nvidia-cuda-cupti-cu12==12.5.82 nvidia-cuda-nvcc-cu12==12.5.82
+  nvidia-cuda-nvrtc-cu12==12.5.82 nvidia-cuda-runtime-cu12==12.5.82 nvidia-cudnn-cu12==9.3.0.75
+  nvidia-cufft-cu12==11.2.3.61 nvidia-curand-cu12==10.3.6.82 nvidia-cusolver-cu12==11.6.3.83
+  nvidia-cusparse-cu12==12.5.1.3 nvidia-nccl-cu12==2.27.7 nvidia-nvjitlink-cu12==12.5.82
+)
 VARIANT=cpu
 VENV_DIR="$REPO_DIR/.venv"
 CACHE_DIR=${SUMMARIZER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/summarizer}
@@ -21,7 +29,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --gpu) VARIANT=gpu ;;
     --venv) VENV_DIR=$2; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -55,6 +63,32 @@ check_prerequisites() {
   command -v g++ >/dev/null || die "g++ not found; Horovod compiles C++. On Debian/Ubuntu: apt-get install g++"
   command -v cmake >/dev/null || die "cmake not found; Horovod's build needs it. On Debian/Ubuntu: apt-get install cmake"
   echo "python: $PYTHON_BIN; $(g++ --version | head -1); $(cmake --version | head -1)"
+  if [ "$VARIANT" = gpu ]; then check_gpu_prerequisites; fi
+}
+
+find_nvcc() {
+  local cuda_home=${HOROVOD_CUDA_HOME:-/usr/local/cuda}
+  if command -v nvcc >/dev/null 2>&1; then command -v nvcc; return 0; fi
+  [ -x "$cuda_home/bin/nvcc" ] && echo "$cuda_home/bin/nvcc"
+}
+
+find_nccl_header() {
+  local directory
+  for directory in "${HOROVOD_NCCL_INCLUDE:-}" "${HOROVOD_NCCL_HOME:+$HOROVOD_NCCL_HOME/include}" \
+                   "${HOROVOD_CUDA_HOME:-/usr/local/cuda}/include" /usr/include /usr/local/include; do
+    if [ -n "$directory" ] && [ -f "$directory/nccl.h" ]; then echo "$directory/nccl.h"; return 0; fi
+  done
+  return 1
+}
+
+check_gpu_prerequisites() {
+  step "Checking GPU build prerequisites (nvcc, MPI, NCCL headers)"
+  local nvcc_bin nccl_header
+  nvcc_bin=$(find_nvcc) || die "nvcc not found on PATH or in ${HOROVOD_CUDA_HOME:-/usr/local/cuda}/bin; Horovod's NCCL operations compile CUDA kernels. Use a CUDA -devel image (Dockerfile.gpu does) or install the CUDA toolkit, or set HOROVOD_CUDA_HOME"
+  command -v mpicxx >/dev/null || die "mpicxx not found; the GPU build includes MPI. On Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin"
+  command -v mpirun >/dev/null || die "mpirun not found; horovodrun launches MPI jobs with it. On Debian/Ubuntu: apt-get install openmpi-bin"
+  nccl_header=$(find_nccl_header) || die "nccl.h not found (looked in \$HOROVOD_NCCL_INCLUDE, \$HOROVOD_NCCL_HOME/include, the CUDA include directory, /usr/include, /usr/local/include). CUDA -devel images ship it; otherwise install libnccl-dev from NVIDIA's CUDA repository or set HOROVOD_NCCL_HOME"
+  echo "nvcc: $nvcc_bin ($("$nvcc_bin" --version | grep -o 'release [0-9.]*')); mpicxx: $(command -v mpicxx); nccl.h: $nccl_header"
 }
 
 create_venv() {
@@ -72,9 +106,12 @@ tensorflow_requirement() {
 }
 
 install_requirements() {
+  local cuda_wheels=()
+  if [ "$VARIANT" = gpu ]; then cuda_wheels=("${GPU_CUDA_WHEELS[@]}"); fi
   step "Installing pinned dependencies ($(tensorflow_requirement), requirements.txt)"
   "${PIP[@]}" install --quiet --upgrade pip==25.3 setuptools==80.9.0 wheel==0.45.1
-  "${PIP[@]}" install --quiet -c "$REPO_DIR/constraints.txt" "$(tensorflow_requirement)" -r "$REPO_DIR/requirements.txt"
+  "${PIP[@]}" install --quiet -c "$REPO_DIR/constraints.txt" "$(tensorflow_requirement)" "${cuda_wheels[@]}" \
+    -r "$REPO_DIR/requirements.txt"
 }
 
 horovod_build_env() {
@@ -85,7 +122,8 @@ horovod_build_env() {
     export HOROVOD_WITHOUT_MPI=1
     unset HOROVOD_GPU_OPERATIONS
   fi
-  export MAKEFLAGS="-j$(nproc)"
+  MAKEFLAGS="-j$(nproc)"
+  export MAKEFLAGS
 }
 
 patch_horovod_source() {
@@ -146,6 +184,10 @@ check_horovod_build() {
   echo "$report"
   grep -q '\[X\] TensorFlow' <<<"$report" || die "Horovod was built without TensorFlow support"
   grep -q '\[X\] Gloo' <<<"$report" || die "Horovod was built without Gloo support"
+  if [ "$VARIANT" = gpu ]; then
+    grep -q '\[X\] NCCL' <<<"$report" || die "Horovod was built without NCCL support (check nvcc and nccl.h above)"
+    grep -q '\[X\] MPI' <<<"$report" || die "Horovod was built without MPI support (check mpicxx above)"
+  fi
 }
 
 main() {
