@@ -197,9 +197,19 @@ class Params:
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate(section.name)
 
+    def to_nested_dict(self) -> dict[str, Any]:
+        """The params as plain YAML-ready data (tuples as lists), e.g. to write a params file."""
+        return _plain(dataclasses.asdict(self))
+
     def to_flat_dict(self) -> dict[str, Any]:
         """Every parameter under its dotted key (``train.horovod.fp16_allreduce``), for MLflow."""
         return flatten(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return list(value) if isinstance(value, tuple) else value
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

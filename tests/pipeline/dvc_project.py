@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from summarizer.config import params_from_dict
+
 from tests.conftest import REPO_ROOT, make_pairs, write_csv
 
 VENV_BIN = Path(sys.executable).parent
@@ -24,8 +26,13 @@ def tracked_files(root: Path) -> list[str]:
 
 
 def tiny_params(workers: int = 2) -> dict:
-    """Params small enough for a 2-core CI machine: a few hundred pairs, a 16-unit model, one epoch or two."""
-    return {
+    """Params small enough for a 2-core CI machine: a few hundred pairs, a 16-unit model, two epochs.
+
+    Every section a stage lists in dvc.yaml is present: DVC requires it, and the train command interpolates
+    ``train.horovod.*``.
+    """
+    defaults = params_from_dict({}).to_nested_dict()
+    overrides = {
         "ingest": {"source": "file", "path": "data/external/tiny.csv", "min_text_words": 5,
                    "split": {"val": 0.15, "test": 0.15}},
         "tokenize": {"vocab_size": 200, "max_source_tokens": 48, "max_target_tokens": 12, "num_shards": 2},
@@ -33,6 +40,14 @@ def tiny_params(workers: int = 2) -> dict:
                   "warmup_steps": 2, "max_wall_minutes": 5.0},
         "evaluate": {"beam_width": 2, "max_length": 12, "batch_size": 32, "num_logged_examples": 3},
     }
+    return merge(defaults, overrides)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return merged
 
 
 class DvcProject:
