@@ -1,0 +1,340 @@
+"""TFRecord shards of token ids: schema, streaming sharded writer, the tokenize stage and a tf.data reader.
+
+Schema: one ``tf.train.Example`` per pair with int64 list features
+
+* ``source_ids``: the text's piece ids, at most ``max_source_tokens``, no BOS/EOS;
+* ``target_ids``: the summary's piece ids + EOS, cut to ``max_target_tokens`` (a truncated target has no EOS).
+
+Shards are ``{split}-{index:05d}-of-{count:05d}.tfrecord``; example ``i`` of a split goes to shard
+``i % count``, so every shard holds an even slice of the split and rank-wise file sharding stays balanced.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from summarizer.config import TokenizeConfig
+from summarizer.tokenization import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    Pair,
+    Tokenizer,
+    read_pairs,
+    train_tokenizer,
+)
+
+SPLITS = ("train", "val", "test")
+TOKENIZER_PREFIX = "spm"
+ENCODE_CHUNK_RECORDS = 1024
+PROGRESS_EVERY_RECORDS = 100_000
+SHUFFLE_BUFFER = 10_000
+PERCENTILES = (50, 90, 99)
+
+FEATURES = {
+    "source_ids": tf.io.VarLenFeature(tf.int64),
+    "target_ids": tf.io.VarLenFeature(tf.int64),
+}
+
+logger = logging.getLogger(__name__)
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def make_example(source_ids: Sequence[int], target_ids: Sequence[int]) -> bytes:
+    """A serialized ``tf.train.Example`` in this module's schema."""
+    features = {
+        "source_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=source_ids)),
+        "target_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=target_ids)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+class ShardedWriter:
+    """Writes serialized examples round-robin into ``count`` shard files of one split (a context manager)."""
+
+    def __init__(self, directory: str | Path, split: str, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"the number of shards must be >= 1, got {count}")
+        self.paths = [Path(directory) / shard_name(split, index, count) for index in range(count)]
+        self._writers: list[tf.io.TFRecordWriter] = []
+        self.examples = 0
+
+    def __enter__(self) -> ShardedWriter:
+        self._writers = [tf.io.TFRecordWriter(str(path)) for path in self.paths]
+        return self
+
+    def write(self, serialized: bytes) -> None:
+        self._writers[self.examples % len(self._writers)].write(serialized)
+        self.examples += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        for writer in self._writers:
+            writer.close()
+
+
+def _percentiles(histogram: Counter[int], total: int) -> dict[str, int]:
+    """Nearest-rank percentiles (the smallest length covering q% of examples) and the maximum."""
+    result = dict.fromkeys([f"p{q}" for q in PERCENTILES] + ["max"], 0)
+    if total == 0:
+        return result
+    ranks = {f"p{q}": max(1, math.ceil(q / 100 * total)) for q in PERCENTILES}
+    seen = 0
+    for length in sorted(histogram):
+        seen += histogram[length]
+        for name, rank in ranks.items():
+            if result[name] == 0 and seen >= rank:
+                result[name] = length
+    result["max"] = max(histogram)
+    return result
+
+
+@dataclass
+class SplitStats:
+    """Length histograms and counts of one split, in memory proportional to the number of distinct lengths."""
+
+    source_lengths: Counter[int] = field(default_factory=Counter)
+    target_lengths: Counter[int] = field(default_factory=Counter)
+    examples: int = 0
+    truncated_sources: int = 0
+    truncated_targets: int = 0
+    tokens: int = 0
+    unknown_tokens: int = 0
+
+    def add(self, source_ids: list[int], summary_ids: list[int], config: TokenizeConfig) -> None:
+        """Count one pair from its uncapped ids; its target is the summary + EOS."""
+        target_length = len(summary_ids) + 1
+        self.examples += 1
+        self.source_lengths[len(source_ids)] += 1
+        self.target_lengths[target_length] += 1
+        self.truncated_sources += len(source_ids) > config.max_source_tokens
+        self.truncated_targets += target_length > config.max_target_tokens
+        self.tokens += len(source_ids) + len(summary_ids)
+        self.unknown_tokens += source_ids.count(UNK_ID) + summary_ids.count(UNK_ID)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The split's metrics; ``unknown_token_rate`` is UNK ids over all source and summary ids (no EOS)."""
+        examples = max(self.examples, 1)
+        return {
+            "examples": self.examples,
+            "source_tokens": _percentiles(self.source_lengths, self.examples),
+            "target_tokens": _percentiles(self.target_lengths, self.examples),
+            "truncated_sources": self.truncated_sources,
+            "truncated_sources_fraction": round(self.truncated_sources / examples, 6),
+            "truncated_targets": self.truncated_targets,
+            "truncated_targets_fraction": round(self.truncated_targets / examples, 6),
+            "unknown_token_rate": round(self.unknown_tokens / max(self.tokens, 1), 6),
+        }
+
+
+def _chunks(pairs: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
+    iterator = iter(pairs)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def write_split(
+    jsonl_path: str | Path, directory: str | Path, split: str, tokenizer: Tokenizer, config: TokenizeConfig
+) -> SplitStats:
+    """Encode one ingested JSONL split into ``config.num_shards`` TFRecord shards in ``directory``.
+
+    Streams: records are read, encoded and written ``ENCODE_CHUNK_RECORDS`` at a time, so memory does not grow
+    with the file. Source and target token counts are taken before capping.
+
+    Raises:
+        ValueError: a record is malformed, or its text encodes to no tokens (file and line named).
+    """
+    jsonl_path = Path(jsonl_path)
+    stats = SplitStats()
+    with ShardedWriter(directory, split, config.num_shards) as writer:
+        for chunk in _chunks(read_pairs(jsonl_path), ENCODE_CHUNK_RECORDS):
+            sources = tokenizer.encode_batch([pair.text for pair in chunk])
+            summaries = tokenizer.encode_batch([pair.summary for pair in chunk])
+            for pair, source_ids, summary_ids in zip(chunk, sources, summaries, strict=True):
+                if not source_ids:
+                    raise ValueError(f"{jsonl_path}:{pair.line}: field 'text' encodes to no tokens")
+                stats.add(source_ids, summary_ids, config)
+                target_ids = [*summary_ids, EOS_ID][: config.max_target_tokens]
+                writer.write(make_example(source_ids[: config.max_source_tokens], target_ids))
+                if writer.examples % PROGRESS_EVERY_RECORDS == 0:
+                    logger.info("encoding %s: %d examples", split, writer.examples)
+    logger.info("encoded %s: %d examples into %d shards", split, writer.examples, config.num_shards)
+    return stats
+
+
+def split_paths(in_dir: str | Path) -> dict[str, Path]:
+    """The ingested ``{train,val,test}.jsonl`` files of ``in_dir``.
+
+    Raises:
+        FileNotFoundError: a split is missing (the message names the file).
+    """
+    paths = {split: Path(in_dir) / f"{split}.jsonl" for split in SPLITS}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"input split '{split}' not found: {path} (run the ingest stage first)")
+    return paths
+
+
+def run_tokenize(in_dir: str | Path, out_dir: str | Path, config: TokenizeConfig) -> dict[str, Any]:
+    """The tokenize stage: train ``spm.model`` on the train split, then shard every split into ``out_dir``.
+
+    ``out_dir`` must exist; the caller makes it atomic (``summarizer.io.atomic_directory``).
+
+    Returns:
+        Numeric stage metrics: per split the example count, token-length percentiles before capping,
+        truncation counts and fractions and the unknown-token rate; the vocabulary size, shards per split,
+        and the encode step's seconds and input throughput (MB of JSONL per second).
+
+    Raises:
+        FileNotFoundError: an input split is missing. ValueError: a malformed record, or a vocabulary size
+            the corpus cannot fill.
+    """
+    inputs = split_paths(in_dir)
+    started = time.perf_counter()
+    logger.info("training tokenizer on %s (vocab_size %d)", inputs["train"], config.vocab_size)
+    tokenizer = train_tokenizer(inputs["train"], Path(out_dir) / TOKENIZER_PREFIX, config)
+    tokenizer_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    split_stats = {}
+    for split, path in inputs.items():
+        logger.info("encoding %s: %s", split, path)
+        split_stats[split] = write_split(path, out_dir, split, tokenizer, config).to_dict()
+    encode_seconds = time.perf_counter() - started
+    input_megabytes = sum(path.stat().st_size for path in inputs.values()) / 1e6
+    logger.info("encoded %.1f MB of JSONL in %.1f s", input_megabytes, encode_seconds)
+    return {
+        **split_stats,
+        "vocab_size": tokenizer.vocab_size,
+        "num_shards": config.num_shards,
+        "tokenizer_seconds": round(tokenizer_seconds, 3),
+        "encode_seconds": round(encode_seconds, 3),
+        "input_megabytes": round(input_megabytes, 3),
+        "encode_megabytes_per_second": round(input_megabytes / max(encode_seconds, 1e-9), 3),
+    }
+
+
+def list_shards(data_dir: str | Path, split: str) -> list[str]:
+    """The sorted shard files of ``split`` in ``data_dir``.
+
+    Raises:
+        FileNotFoundError: there are none, or the set is incomplete (e.g. 3 files named ``-of-00004``).
+    """
+    data_dir = Path(data_dir)
+    files = sorted(data_dir.glob(f"{split}-*-of-*.tfrecord"))
+    if not files:
+        raise FileNotFoundError(
+            f"no {split} shards ({split}-NNNNN-of-NNNNN.tfrecord) in {data_dir}; run the tokenize stage first"
+        )
+    count = len(files)
+    expected = [data_dir / shard_name(split, index, count) for index in range(count)]
+    if files != expected:
+        raise FileNotFoundError(
+            f"incomplete {split} shards in {data_dir}: found {[path.name for path in files]}"
+        )
+    return [str(path) for path in files]
+
+
+def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    source_ids = tf.cast(tf.sparse.to_dense(parsed["source_ids"]), tf.int32)  # (source_time,)
+    target_ids = tf.cast(tf.sparse.to_dense(parsed["target_ids"]), tf.int32)  # (target_time,)
+    target_in = tf.concat([tf.constant([BOS_ID], tf.int32), target_ids[:-1]], axis=0)
+    return {"source_ids": source_ids, "target_in": target_in, "target_out": target_ids}
+
+
+def _shard_files(files: Sequence[str], num_shards: int, shard_index: int) -> tuple[list[str], bool]:
+    """This rank's files, and whether examples still need ``Dataset.shard`` (see :func:`read_dataset`)."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in 0..{num_shards - 1}, got {shard_index}")
+    if num_shards > 1 and len(files) % num_shards == 0:
+        return list(files[shard_index::num_shards]), False
+    return list(files), num_shards > 1
+
+
+def _batch(
+    dataset: tf.data.Dataset, batch_size: int, drop_remainder: bool, bucket_boundaries: Sequence[int] | None
+) -> tf.data.Dataset:
+    padding = {name: tf.constant(PAD_ID, tf.int32) for name in ("source_ids", "target_in", "target_out")}
+    if not bucket_boundaries:
+        return dataset.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
+    return dataset.bucket_by_sequence_length(
+        element_length_func=lambda example: tf.shape(example["source_ids"])[0],
+        bucket_boundaries=list(bucket_boundaries),
+        bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+        padding_values=padding,
+        drop_remainder=drop_remainder,
+    )
+
+
+def read_dataset(
+    files: Sequence[str | Path],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int | None = None,
+    repeat: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    drop_remainder: bool = False,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    bucket_boundaries: Sequence[int] | None = None,
+) -> tf.data.Dataset:
+    """Batches of ``source_ids``, ``target_in``, ``target_out``: int32 (batch, time), right-padded with PAD.
+
+    ``target_in`` is BOS + target[:-1] (teacher forcing), ``target_out`` is the target.
+
+    Sharding (one shard per Horovod rank): when the file count is a multiple of ``num_shards``, rank
+    ``shard_index`` reads only ``files[shard_index::num_shards]`` (each file holds an even round-robin slice,
+    so ranks get equal data). Otherwise, so that no rank gets twice the data of another, every rank reads all
+    files in order and keeps every ``num_shards``-th example (``Dataset.shard``). Either way the shards are
+    disjoint and cover every example, whatever ``seed`` is.
+
+    Args:
+        shuffle: shuffle examples (a ``shuffle_buffer`` window, reshuffled each epoch); ``seed`` fixes it.
+        repeat: repeat forever (the caller counts steps).
+        bucket_boundaries: if given, batch examples of similar source length together
+            (``bucket_by_sequence_length``); batches are then padded to their own longest source.
+    """
+    if not files:
+        raise ValueError("read_dataset: no TFRecord files given")
+    if batch_size < 1:
+        raise ValueError(f"read_dataset: batch_size must be >= 1, got {batch_size}")
+    selected, shard_examples = _shard_files([str(path) for path in files], num_shards, shard_index)
+    dataset = tf.data.TFRecordDataset(selected)
+    if shard_examples:
+        dataset = dataset.shard(num_shards, shard_index)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = _batch(dataset, batch_size, drop_remainder, bucket_boundaries)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+__all__ = [
+    "FEATURES",
+    "SPLITS",
+    "ShardedWriter",
+    "SplitStats",
+    "list_shards",
+    "make_example",
+    "read_dataset",
+    "run_tokenize",
+    "shard_name",
+    "split_paths",
+    "write_split",
+]

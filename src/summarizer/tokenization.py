@@ -1,0 +1,306 @@
+"""The shared sentencepiece model: training, loading, encoding and decoding.
+
+One model is trained on the train split's texts **and** summaries: source and target share one vocabulary, so
+the pointer-generator's copy attention maps a source position straight to an output id.
+
+Special ids are fixed for every model trained here (``Tokenizer.load`` rejects a model that disagrees):
+
+* ``PAD_ID = 0`` pads batches on the right (masks treat 0 as padding),
+* ``UNK_ID = 1`` stands for pieces outside the vocabulary,
+* ``BOS_ID = 2`` starts the decoder input; ``EOS_ID = 3`` ends a target.
+
+``Tokenizer.encode`` never adds BOS or EOS: the TFRecord writer appends EOS to targets and the reader prepends
+BOS to the decoder input.
+
+Reproducibility: the same train split and config give a byte-identical ``spm.model``. Two things make it so.
+The training sample is drawn here with a seeded ``random.Random`` (:data:`SAMPLE_SEED`), because sentencepiece
+0.2.3's own ``shuffle_input_sentence`` sampling differs between processes even after
+``set_random_generator_seed`` (measured); and the trainer always runs :data:`TRAINER_THREADS` threads, because
+the unigram EM splits its sums by thread, so another thread count gives (slightly) different pieces.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece
+
+from summarizer.config import TokenizeConfig
+
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+SPECIAL_PIECES = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
+
+SAMPLE_SEED = 13
+TRAINER_THREADS = 2
+# sentencepiece skips longer training sentences (default 4192 bytes); a 400-word non-ASCII text can be longer.
+MAX_SENTENCE_BYTES = 1 << 16
+# Each sampled record gives two training sentences: its text and its summary.
+SENTENCES_PER_RECORD = 2
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One (text, summary) record of an ingested JSONL split; ``line`` is 1-based, for error messages."""
+
+    line: int
+    text: str
+    summary: str
+
+
+def _field(record: dict, name: str, location: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"{location}: field '{name}' must be a string, got {value!r}")
+    if not value.strip():
+        raise ValueError(f"{location}: field '{name}' is empty")
+    return value
+
+
+def parse_pair(line: str, path: Path, line_number: int) -> Pair:
+    """Parse one JSONL line into a :class:`Pair`.
+
+    Raises:
+        ValueError: the line is not a JSON object with non-empty string fields ``text`` and ``summary``
+            (the message names the file, line and field).
+    """
+    location = f"{path}:{line_number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{location}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{location}: expected a JSON object with 'text' and 'summary', got {type(record).__name__}"
+        )
+    return Pair(line_number, _field(record, "text", location), _field(record, "summary", location))
+
+
+def read_pairs(path: str | Path, lines: set[int] | None = None) -> Iterator[Pair]:
+    """Stream the pairs of an ingested JSONL file one line at a time (blank lines are skipped).
+
+    Args:
+        lines: if given, only these 1-based line numbers are parsed.
+    """
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if (lines is None or line_number in lines) and line.strip():
+                yield parse_pair(line, path, line_number)
+
+
+def count_lines(path: str | Path) -> int:
+    """The number of lines of a file, read in binary blocks (no JSON parsing)."""
+    count = 0
+    last_block = b""
+    with Path(path).open("rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+            last_block = block
+    return count + (1 if last_block and not last_block.endswith(b"\n") else 0)
+
+
+def sample_lines(total_lines: int, max_records: int, seed: int) -> set[int] | None:
+    """A seeded uniform sample of ``max_records`` 1-based line numbers, or None when every line fits."""
+    if total_lines <= max_records:
+        return None
+    return {index + 1 for index in random.Random(seed).sample(range(total_lines), max_records)}
+
+
+class _SentenceStream:
+    """Texts and summaries of the sampled records, one at a time; remembers the first bad record.
+
+    sentencepiece turns an exception raised inside its iterator into an opaque ``RuntimeError``, so the
+    error is kept here and re-raised after training stops.
+    """
+
+    def __init__(self, pairs: Iterable[Pair]) -> None:
+        self._pairs = pairs
+        self.error: ValueError | None = None
+        self.records = 0
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for pair in self._pairs:
+                self.records += 1
+                yield pair.text
+                yield pair.summary
+        except ValueError as error:
+            self.error = error
+
+
+_TOO_LARGE = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+def _training_error(
+    error: RuntimeError, stream: _SentenceStream, path: Path, config: TokenizeConfig
+) -> Exception:
+    """A clear error for a failed sentencepiece run (the original record error first)."""
+    if stream.error is not None:
+        return stream.error
+    too_large = _TOO_LARGE.search(str(error))
+    if too_large:
+        return ValueError(
+            f"tokenize.vocab_size: {config.vocab_size} is too large for the training corpus {path} "
+            f"({stream.records} records used); sentencepiece allows at most {too_large.group(2)}. "
+            "Lower tokenize.vocab_size in params.yaml or ingest more data."
+        )
+    if "smaller than required_chars" in str(error):
+        return ValueError(
+            f"tokenize.vocab_size: {config.vocab_size} cannot even hold the characters of {path}; "
+            f"raise tokenize.vocab_size or lower tokenize.character_coverage ({error})"
+        )
+    return ValueError(f"sentencepiece could not train on {path}: {error}")
+
+
+def _write_vocab(path: Path, processor: sentencepiece.SentencePieceProcessor) -> None:
+    """Write ``piece<TAB>score`` lines, the format of sentencepiece's own ``.vocab`` file."""
+    with path.open("w", encoding="utf-8") as handle:
+        for piece_id in range(processor.get_piece_size()):
+            handle.write(f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}\n")
+
+
+def train_tokenizer(train_jsonl: str | Path, model_prefix: str | Path, config: TokenizeConfig) -> Tokenizer:
+    """Train the shared sentencepiece model on a train split's texts and summaries.
+
+    The file is streamed twice: once to count its lines, once to feed a seeded sample of at most
+    ``config.input_sentence_size // 2`` records (two sentences each) to sentencepiece. Memory is bounded by
+    that sample, whatever the file size. ``vocab_size`` is a hard limit: a corpus too small for it fails
+    (the model's embedding size must equal ``tokenize.vocab_size``), naming the largest size it allows.
+
+    Returns:
+        The trained tokenizer; ``{model_prefix}.model`` and ``{model_prefix}.vocab`` are written.
+
+    Raises:
+        ValueError: a record is malformed (file, line, field) or the vocabulary does not fit the corpus.
+    """
+    train_jsonl, model_prefix = Path(train_jsonl), Path(model_prefix)
+    max_records = max(1, config.input_sentence_size // SENTENCES_PER_RECORD)
+    chosen = sample_lines(count_lines(train_jsonl), max_records, SAMPLE_SEED)
+    stream = _SentenceStream(read_pairs(train_jsonl, chosen))
+    model = io.BytesIO()
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(stream),
+            model_writer=model,
+            vocab_size=config.vocab_size,
+            model_type=config.model_type,
+            character_coverage=config.character_coverage,
+            input_sentence_size=config.input_sentence_size,
+            shuffle_input_sentence=False,  # sampled above, reproducibly
+            max_sentence_length=MAX_SENTENCE_BYTES,
+            num_threads=TRAINER_THREADS,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_piece=SPECIAL_PIECES[PAD_ID],
+            unk_piece=SPECIAL_PIECES[UNK_ID],
+            bos_piece=SPECIAL_PIECES[BOS_ID],
+            eos_piece=SPECIAL_PIECES[EOS_ID],
+            hard_vocab_limit=True,
+            minloglevel=1,
+        )
+    except RuntimeError as error:
+        raise _training_error(error, stream, train_jsonl, config) from None
+    if stream.error is not None:
+        raise stream.error
+    model_path = model_prefix.with_name(model_prefix.name + ".model")
+    model_path.write_bytes(model.getvalue())
+    tokenizer = Tokenizer.load(model_path)
+    _write_vocab(model_prefix.with_name(model_prefix.name + ".vocab"), tokenizer.processor)
+    logger.info(
+        "trained a %d-piece %s tokenizer on %d records of %s",
+        tokenizer.vocab_size,
+        config.model_type,
+        stream.records,
+        train_jsonl,
+    )
+    return tokenizer
+
+
+class Tokenizer:
+    """A trained sentencepiece model with this project's fixed special ids."""
+
+    def __init__(self, processor: sentencepiece.SentencePieceProcessor, source: str = "<memory>") -> None:
+        for piece_id, piece in SPECIAL_PIECES.items():
+            if processor.get_piece_size() <= piece_id or processor.id_to_piece(piece_id) != piece:
+                raise ValueError(
+                    f"{source}: id {piece_id} must be the special piece {piece!r}; "
+                    "train the model with summarizer.tokenization.train_tokenizer"
+                )
+        self.processor = processor
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load ``spm.model``.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: its special ids differ from this module's.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sentencepiece model not found: {path}")
+        return cls(sentencepiece.SentencePieceProcessor(model_file=str(path)), str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.processor.get_piece_size()
+
+    def id_to_piece(self, piece_id: int) -> str:
+        self._check_id(piece_id)
+        return self.processor.id_to_piece(piece_id)
+
+    def encode(self, text: str) -> list[int]:
+        """Piece ids of ``text``, without BOS or EOS."""
+        return self.processor.encode(text, out_type=int)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Piece ids of each text (sentencepiece encodes the batch on several threads)."""
+        return self.processor.encode(list(texts), out_type=int)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``, read up to the first EOS; PAD and BOS are skipped.
+
+        Raises:
+            ValueError: an id is outside the vocabulary.
+        """
+        kept = []
+        for value in ids:
+            piece_id = int(value)
+            if piece_id == EOS_ID:
+                break
+            if piece_id not in (PAD_ID, BOS_ID):
+                self._check_id(piece_id)
+                kept.append(piece_id)
+        return self.processor.decode(kept)
+
+    def _check_id(self, piece_id: int) -> None:
+        if not 0 <= piece_id < self.vocab_size:
+            raise ValueError(f"token id {piece_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "SPECIAL_PIECES",
+    "UNK_ID",
+    "Pair",
+    "Tokenizer",
+    "count_lines",
+    "parse_pair",
+    "read_pairs",
+    "train_tokenizer",
+]
