@@ -10,13 +10,44 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-_NAMES = ["zorblat", "quintex", "mervyn", "paxolite", "drumlin", "fennec", "gorsemark", "halcyon", "isobar",
-          "jettison", "kestrel", "lumen", "moraine", "nimbus", "oxbow", "pylon", "quasar", "rivulet"]
+_NAMES = [
+    "zorblat",
+    "quintex",
+    "mervyn",
+    "paxolite",
+    "drumlin",
+    "fennec",
+    "gorsemark",
+    "halcyon",
+    "isobar",
+    "jettison",
+    "kestrel",
+    "lumen",
+    "moraine",
+    "nimbus",
+    "oxbow",
+    "pylon",
+    "quasar",
+    "rivulet",
+]
 _KINDS = ["library", "tool", "daemon", "plugin", "toolkit", "server", "client", "module"]
-_TOPICS = ["image processing", "network monitoring", "text editing", "audio mixing", "package building",
-           "disk encryption", "font rendering", "data compression", "email filtering", "map projection"]
-_FILLER = ("it is written in portable code and ships with documentation examples and a test suite that "
-           "covers the common cases users meet when they deploy it on servers and desktops alike").split()
+_TOPICS = [
+    "image processing",
+    "network monitoring",
+    "text editing",
+    "audio mixing",
+    "package building",
+    "disk encryption",
+    "font rendering",
+    "data compression",
+    "email filtering",
+    "map projection",
+]
+_FILLER_TEXT = (
+    "it is written in portable code and ships with documentation examples and a test suite that "
+    "covers the common cases users meet when they deploy it on servers and desktops alike"
+)
+_FILLER = _FILLER_TEXT.split(" ")
 
 
 def make_pairs(count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -32,7 +63,9 @@ def make_pairs(count: int, seed: int = 0) -> list[tuple[str, str]]:
     return pairs
 
 
-def write_csv(path: Path, pairs: list[tuple[str, str]], columns: tuple[str, str] = ("text", "summary")) -> Path:
+def write_csv(
+    path: Path, pairs: list[tuple[str, str]], columns: tuple[str, str] = ("text", "summary")
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
