@@ -1,0 +1,210 @@
+"""Data-parallel training across processes: the only module that imports Horovod.
+
+:func:`init` returns a :class:`HorovodDistribution` when the process was started by ``horovodrun`` (or
+``mpirun``) and a one-process :class:`LocalDistribution` otherwise; both offer the same interface, so the
+training loop never branches on the launcher. Horovod is imported inside :func:`init` only: importing this
+module costs nothing and works where Horovod is absent.
+
+``horovod.tensorflow.keras`` is never used: with Keras 3 it silently skips gradient averaging and calls
+``.ref()``, which Keras 3 variables lack (see DEVELOPERS.md). Collectives take the backend variables
+(``variable.value``) instead, and every collective must run on every rank in the same order, even when only
+the chief uses the result.
+
+Timeline: ``init(dynamic_timeline=True)`` sets ``HOROVOD_TIMELINE=DYNAMIC`` before ``hvd.init()`` so that
+:meth:`Distribution.start_timeline` can record into a file chosen at run time; alternatively launch with
+``horovodrun --timeline-filename PATH`` (which sets ``HOROVOD_TIMELINE=PATH`` for the whole run).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+# Set by horovodrun (Gloo) or by the MPI launchers horovodrun uses.
+LAUNCHER_VARIABLES = ("HOROVOD_RANK", "HOROVOD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def _backend_variable(variable: Any) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras 3 variable (a ``tf.Variable`` is returned as is)."""
+    return variable if isinstance(variable, tf.Variable) else variable.value
+
+
+def _dense(gradient: Any) -> tf.Tensor:
+    """Embedding gradients arrive as ``IndexedSlices``; averaging them densely keeps one fused allreduce."""
+    return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
+
+
+def _pack(value: float | Mapping[str, float]) -> tuple[list[str] | None, tf.Tensor]:
+    if isinstance(value, Mapping):
+        names = sorted(value)
+        return names, tf.constant([float(value[name]) for name in names], dtype=tf.float64)
+    return None, tf.constant([float(value)], dtype=tf.float64)
+
+
+def _unpack(names: list[str] | None, packed: tf.Tensor) -> float | dict[str, float]:
+    numbers = [float(number) for number in packed.numpy()]
+    return numbers[0] if names is None else dict(zip(names, numbers, strict=True))
+
+
+class Distribution:
+    """One process among ``size``; this base is the one-process case (every collective is the identity)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_chief(self) -> bool:
+        """Rank 0 alone checkpoints, logs and talks to MLflow."""
+        return self.rank == 0
+
+    @property
+    def shard_index(self) -> int:
+        return self.rank
+
+    @property
+    def num_shards(self) -> int:
+        return self.size
+
+    def pin_gpu(self) -> None:
+        """Let TensorFlow grow GPU memory on demand (one process owns every GPU)."""
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+
+    def average_gradients(self, gradients: Sequence[Any], compression_fp16: bool = False) -> list[tf.Tensor]:
+        """The mean of each gradient over ranks (usable inside ``tf.function``)."""
+        return [_dense(gradient) for gradient in gradients]
+
+    def sum(self, tensor: tf.Tensor) -> tf.Tensor:
+        """The element-wise sum of ``tensor`` over ranks (usable inside ``tf.function``)."""
+        return tf.convert_to_tensor(tensor)
+
+    def minimum(self, value: int) -> int:
+        """The smallest ``value`` over ranks."""
+        return int(value)
+
+    def average(self, value: float | Mapping[str, float]) -> float | dict[str, float]:
+        """The mean over ranks of a number or of a dict of numbers (same keys on every rank)."""
+        names, packed = _pack(value)
+        return _unpack(names, packed)
+
+    def broadcast_variables(self, variables: Sequence[Any]) -> None:
+        """Give every rank the chief's values of ``variables`` (Keras 3 or ``tf.Variable``)."""
+
+    def broadcast_object(self, value: Any) -> Any:
+        """The chief's ``value`` (any picklable object) on every rank."""
+        return value
+
+    def barrier(self) -> None:
+        """Return once every rank has reached this call."""
+
+    def start_timeline(self, path: str | os.PathLike[str]) -> None:
+        """Record a Horovod timeline (a Chrome trace of the collectives) into ``path``; none here."""
+
+    def stop_timeline(self) -> None:
+        """Close the timeline file."""
+
+
+class LocalDistribution(Distribution):
+    """A single process without Horovod."""
+
+
+class HorovodDistribution(Distribution):
+    """Processes started by ``horovodrun``; ``hvd`` is the initialized ``horovod.tensorflow`` module."""
+
+    def __init__(self, hvd: Any) -> None:
+        self._hvd = hvd
+        self.rank = hvd.rank()
+        self.size = hvd.size()
+        self.local_rank = hvd.local_rank()
+
+    def pin_gpu(self) -> None:
+        """One GPU per process, chosen by local rank (Horovod's tensorflow2_mnist.py).
+
+        Without GPUs, the host's cores are shared out between its processes instead: each TensorFlow would
+        otherwise start one thread per core, and ``local_size`` processes would oversubscribe the CPU.
+        """
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if gpus:
+            tf.config.set_visible_devices(gpus[self.local_rank % len(gpus)], "GPU")
+        else:
+            threads = max(1, (os.cpu_count() or 1) // self._hvd.local_size())
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+    def average_gradients(self, gradients: Sequence[Any], compression_fp16: bool = False) -> list[tf.Tensor]:
+        hvd = self._hvd
+        compression = hvd.Compression.fp16 if compression_fp16 else hvd.Compression.none
+        dense = [_dense(gradient) for gradient in gradients]
+        # Allreduce: each rank saw a different slice of the global batch; one grouped call fuses all tensors.
+        return list(hvd.grouped_allreduce(dense, op=hvd.Average, compression=compression, name="gradients"))
+
+    def sum(self, tensor: tf.Tensor) -> tf.Tensor:
+        # Allreduce: a global count (e.g. target tokens) that weights every rank's share of the loss.
+        return self._hvd.allreduce(tf.convert_to_tensor(tensor), op=self._hvd.Sum, name="sum")
+
+    def minimum(self, value: int) -> int:
+        # Allreduce: every rank must run the same number of steps, else the next collective hangs.
+        result = self._hvd.allreduce(
+            tf.constant(int(value), dtype=tf.int64), op=self._hvd.Min, name="minimum"
+        )
+        return int(result.numpy())
+
+    def average(self, value: float | Mapping[str, float]) -> float | dict[str, float]:
+        names, packed = _pack(value)
+        # Allreduce: metrics measured on each rank's shard; every rank calls it even if only rank 0 logs.
+        return _unpack(names, self._hvd.allreduce(packed, op=self._hvd.Average, name="average"))
+
+    def broadcast_variables(self, variables: Sequence[Any]) -> None:
+        # Broadcast: ranks must start from the chief's weights (random init or a resumed checkpoint).
+        self._hvd.broadcast_variables([_backend_variable(variable) for variable in variables], root_rank=0)
+
+    def broadcast_object(self, value: Any) -> Any:
+        # Broadcast: decisions taken on the chief (resume state, wall-clock stop) must hold on every rank.
+        return self._hvd.broadcast_object(value, root_rank=0, name="object")
+
+    def barrier(self) -> None:
+        # Allreduce: horovod.tensorflow has no barrier; a tiny allreduce completes only when all ranks join.
+        self._hvd.allreduce(tf.constant(0, dtype=tf.int32), op=self._hvd.Sum, name="barrier").numpy()
+
+    def start_timeline(self, path: str | os.PathLike[str]) -> None:
+        """Needs ``init(dynamic_timeline=True)`` (HOROVOD_TIMELINE=DYNAMIC); rank 0 writes the file."""
+        self._hvd.start_timeline(os.fspath(path), mark_cycles=False)
+
+    def stop_timeline(self) -> None:
+        self._hvd.stop_timeline()
+
+
+def launched_by_horovodrun(environment: Mapping[str, str] | None = None) -> bool:
+    environment = os.environ if environment is None else environment
+    return any(name in environment for name in LAUNCHER_VARIABLES)
+
+
+def init(dynamic_timeline: bool = False) -> Distribution:
+    """Start Horovod when launched by ``horovodrun`` (else one local process) and pin this process's GPU.
+
+    Call it first, before any TensorFlow op runs: CPU thread counts can only be set before.
+
+    Args:
+        dynamic_timeline: allow :meth:`Distribution.start_timeline` (sets ``HOROVOD_TIMELINE=DYNAMIC``
+            unless the launcher already chose a timeline file).
+    """
+    if not launched_by_horovodrun():
+        distribution: Distribution = LocalDistribution()
+    else:
+        if dynamic_timeline:
+            os.environ.setdefault("HOROVOD_TIMELINE", "DYNAMIC")
+        import horovod.tensorflow as hvd
+
+        hvd.init()
+        distribution = HorovodDistribution(hvd)
+    distribution.pin_gpu()
+    return distribution
+
+
+__all__ = ["Distribution", "HorovodDistribution", "LocalDistribution", "init", "launched_by_horovodrun"]

@@ -1,0 +1,101 @@
+"""Collectives under the real ``horovodrun -np 2`` and the one-process fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from summarizer import distribution
+from tests.workers.launch import check, horovodrun
+
+WORKER = Path(__file__).parent / "workers" / "distribution_worker.py"
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("distribution")
+    check(horovodrun([str(WORKER), str(out_dir)]))
+    results = [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    results[0]["timeline"] = out_dir / "timeline.json"
+    return results
+
+
+@pytest.mark.slow
+def test_horovod_ranks_and_shards(two_rank_results: list[dict]) -> None:
+    assert [
+        (r["rank"], r["size"], r["is_chief"], r["shard_index"], r["num_shards"]) for r in two_rank_results
+    ] == [(0, 2, True, 0, 2), (1, 2, False, 1, 2)]
+
+
+@pytest.mark.slow
+def test_average_gradients_is_the_mean_of_rank_dependent_tensors(two_rank_results: list[dict]) -> None:
+    for result in two_rank_results:
+        dense, sparse = result["averaged"]
+        assert np.allclose(dense, np.full((2, 3), 1.5))  # mean of 1 and 2
+        assert np.allclose(sparse, [[0.0], [0.5]])  # rank 1's row 1 = 1.0, rank 0's row 0 = 0.0, averaged
+        assert np.allclose(result["averaged_fp16"], 1.0)  # mean of 0.5 and 1.5 through fp16 compression
+        assert result["graph_sum"] == [3.0, 10.0]  # inside tf.function: [1 + 2, 0 + 10]
+
+
+@pytest.mark.slow
+def test_average_of_scalars_and_dicts_and_minimum_and_object(two_rank_results: list[dict]) -> None:
+    for result in two_rank_results:
+        assert result["average_scalar"] == 2.0
+        assert result["average_dict"] == {"loss": 1.5, "tokens": 15.0}
+        assert result["minimum"] == 4
+        assert result["object"] == {"from_rank": 0}
+
+
+@pytest.mark.slow
+def test_broadcast_makes_keras_variables_equal_to_the_chiefs(two_rank_results: list[dict]) -> None:
+    chief, other = two_rank_results
+    assert not np.allclose(chief["weights_before"][0], other["weights_before"][0])
+    assert np.array_equal(other["weights_after"][0], chief["weights_before"][0])
+    assert np.array_equal(chief["weights_after"][0], chief["weights_before"][0])
+
+
+@pytest.mark.slow
+def test_dynamic_timeline_is_written_by_the_chief(two_rank_results: list[dict]) -> None:
+    timeline = two_rank_results[0]["timeline"].read_text()
+    assert "ALLREDUCE" in timeline and "BROADCAST" in timeline
+
+
+def test_launched_by_horovodrun_reads_the_launcher_environment() -> None:
+    assert distribution.launched_by_horovodrun({"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2"})
+    assert distribution.launched_by_horovodrun({"OMPI_COMM_WORLD_RANK": "0"})
+    assert not distribution.launched_by_horovodrun({"PATH": "/usr/bin"})
+
+
+def test_local_distribution_is_the_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in distribution.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    local = distribution.init()
+    assert isinstance(local, distribution.LocalDistribution)
+    assert (
+        local.rank,
+        local.size,
+        local.local_rank,
+        local.is_chief,
+        local.shard_index,
+        local.num_shards,
+    ) == (0, 1, 0, True, 0, 1)
+    sparse = tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([1]), dense_shape=tf.constant([3, 1]))
+    dense, densified = local.average_gradients([tf.constant([1.0, -2.0]), sparse], compression_fp16=True)
+    assert dense.numpy().tolist() == [1.0, -2.0]
+    assert densified.numpy().tolist() == [[0.0], [2.0], [0.0]]
+    assert local.sum(tf.constant(5)).numpy() == 5
+    assert local.average({"loss": 2.5, "tokens": 3}) == {"loss": 2.5, "tokens": 3.0}
+    assert local.average(7) == 7.0
+    assert local.minimum(9) == 9
+    assert local.broadcast_object({"epoch": 3}) == {"epoch": 3}
+    layer = keras.layers.Dense(2)
+    layer.build((None, 2))
+    before = layer.kernel.numpy().copy()
+    local.broadcast_variables(layer.weights)
+    local.barrier()
+    assert np.array_equal(layer.kernel.numpy(), before)
