@@ -58,14 +58,34 @@ class IngestConfig:
 
     def validate(self, key: str) -> None:
         if self.source == "file":
-            _check(bool(self.path), f"{key}.path", "required when ingest.source is 'file' (a CSV, JSONL or Parquet file)")
+            _check(
+                bool(self.path),
+                f"{key}.path",
+                "required when ingest.source is 'file' (a CSV, JSONL or Parquet file)",
+            )
         for name in ("min_text_words", "max_text_words", "min_summary_words", "max_summary_words"):
-            _check(getattr(self, name) >= 1, f"{key}.{name}", f"expected an integer >= 1, got {getattr(self, name)}")
-        _check(self.min_text_words <= self.max_text_words, f"{key}.max_text_words", "must be >= min_text_words")
-        _check(self.min_summary_words <= self.max_summary_words, f"{key}.max_summary_words", "must be >= min_summary_words")
-        _check(self.group_words >= 3, f"{key}.group_words", f"expected an integer >= 3, got {self.group_words}")
+            _check(
+                getattr(self, name) >= 1,
+                f"{key}.{name}",
+                f"expected an integer >= 1, got {getattr(self, name)}",
+            )
+        _check(
+            self.min_text_words <= self.max_text_words, f"{key}.max_text_words", "must be >= min_text_words"
+        )
+        _check(
+            self.min_summary_words <= self.max_summary_words,
+            f"{key}.max_summary_words",
+            "must be >= min_summary_words",
+        )
+        _check(
+            self.group_words >= 3, f"{key}.group_words", f"expected an integer >= 3, got {self.group_words}"
+        )
         _check(self.max_group_key_records >= 2, f"{key}.max_group_key_records", "expected an integer >= 2")
-        _check(bool(self.text_column) and bool(self.summary_column), key, "text_column and summary_column must be set")
+        _check(
+            bool(self.text_column) and bool(self.summary_column),
+            key,
+            "text_column and summary_column must be set",
+        )
         self.split.validate(f"{key}.split")
 
 
@@ -80,7 +100,11 @@ class TokenizeConfig:
     input_sentence_size: int = 200000
 
     def validate(self, key: str) -> None:
-        _check(100 <= self.vocab_size <= 1_000_000, f"{key}.vocab_size", f"expected 100..1000000, got {self.vocab_size}")
+        _check(
+            100 <= self.vocab_size <= 1_000_000,
+            f"{key}.vocab_size",
+            f"expected 100..1000000, got {self.vocab_size}",
+        )
         _check(0.9 <= self.character_coverage <= 1.0, f"{key}.character_coverage", "expected 0.9..1.0")
         _check(self.max_source_tokens >= 4, f"{key}.max_source_tokens", "expected an integer >= 4")
         _check(self.max_target_tokens >= 2, f"{key}.max_target_tokens", "expected an integer >= 2")
@@ -133,18 +157,34 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         positive_ints = ("workers", "encoder_layers", "embedding_dim", "units", "batch_size", "epochs")
         for name in positive_ints:
-            _check(getattr(self, name) >= 1, f"{key}.{name}", f"expected an integer >= 1, got {getattr(self, name)}")
-        _check(self.coverage_weight >= 0, f"{key}.coverage_weight", "expected a number >= 0 (0 turns coverage off)")
+            _check(
+                getattr(self, name) >= 1,
+                f"{key}.{name}",
+                f"expected an integer >= 1, got {getattr(self, name)}",
+            )
+        _check(
+            self.coverage_weight >= 0,
+            f"{key}.coverage_weight",
+            "expected a number >= 0 (0 turns coverage off)",
+        )
         _check(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"expected 0 <= dropout < 1, got {self.dropout}")
         _check(self.learning_rate > 0, f"{key}.learning_rate", "expected a number > 0")
         _check(self.warmup_steps >= 0, f"{key}.warmup_steps", "expected an integer >= 0")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", "expected a number >= 0")
         _check(self.clipnorm > 0, f"{key}.clipnorm", "expected a number > 0")
-        _check(0.0 <= self.label_smoothing < 1.0, f"{key}.label_smoothing", "expected 0 <= label_smoothing < 1")
-        _check(self.early_stopping_patience >= 1, f"{key}.early_stopping_patience", "expected an integer >= 1")
+        _check(
+            0.0 <= self.label_smoothing < 1.0, f"{key}.label_smoothing", "expected 0 <= label_smoothing < 1"
+        )
+        _check(
+            self.early_stopping_patience >= 1, f"{key}.early_stopping_patience", "expected an integer >= 1"
+        )
         _check(self.lr_reduce_patience >= 1, f"{key}.lr_reduce_patience", "expected an integer >= 1")
         _check(0.0 < self.lr_reduce_factor < 1.0, f"{key}.lr_reduce_factor", "expected 0 < factor < 1")
-        _check(0 < self.min_learning_rate <= self.learning_rate, f"{key}.min_learning_rate", "expected 0 < value <= learning_rate")
+        _check(
+            0 < self.min_learning_rate <= self.learning_rate,
+            f"{key}.min_learning_rate",
+            "expected 0 < value <= learning_rate",
+        )
         _check(self.max_wall_minutes > 0, f"{key}.max_wall_minutes", "expected a number of minutes > 0")
         self.horovod.validate(f"{key}.horovod")
 
@@ -164,12 +204,21 @@ class EvaluateConfig:
     def validate(self, key: str) -> None:
         _check(1 <= self.beam_width <= 64, f"{key}.beam_width", f"expected 1..64, got {self.beam_width}")
         _check(self.length_penalty >= 0, f"{key}.length_penalty", "expected a number >= 0")
-        _check(self.min_length >= 1, f"{key}.min_length", "expected an integer >= 1 (a summary is never empty)")
+        _check(
+            self.min_length >= 1, f"{key}.min_length", "expected an integer >= 1 (a summary is never empty)"
+        )
         _check(self.max_length >= self.min_length, f"{key}.max_length", "must be >= min_length")
-        _check(self.no_repeat_ngram_size >= 0, f"{key}.no_repeat_ngram_size", "expected an integer >= 0 (0 = off)")
+        _check(
+            self.no_repeat_ngram_size >= 0,
+            f"{key}.no_repeat_ngram_size",
+            "expected an integer >= 0 (0 = off)",
+        )
         _check(self.batch_size >= 1, f"{key}.batch_size", "expected an integer >= 1")
-        _check(len(self.lead_words) >= 1 and all(n >= 1 for n in self.lead_words), f"{key}.lead_words",
-               "expected a non-empty list of integers >= 1")
+        _check(
+            len(self.lead_words) >= 1 and all(n >= 1 for n in self.lead_words),
+            f"{key}.lead_words",
+            "expected a non-empty list of integers >= 1",
+        )
         _check(self.num_logged_examples >= 0, f"{key}.num_logged_examples", "expected an integer >= 0")
 
 
@@ -233,7 +282,11 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation and return it in the field's type."""
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
-        _check(isinstance(value, Mapping), key, f"expected a mapping of {annotation.__name__} keys, got {value!r}")
+        _check(
+            isinstance(value, Mapping),
+            key,
+            f"expected a mapping of {annotation.__name__} keys, got {value!r}",
+        )
         return _build(annotation, value, key)
     if origin is Literal:
         choices = typing.get_args(annotation)
@@ -247,24 +300,38 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
         return value
     if annotation is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}"
+        )
         return value
     if annotation is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"expected a number, got {value!r}",
+        )
         return float(value)
     if annotation is str:
         _check(isinstance(value, str) or value is None, key, f"expected a string, got {value!r}")
         return value or ""
-    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a bug in this module, not user input
+    raise TypeError(
+        f"unsupported annotation {annotation!r} for {key}"
+    )  # a bug in this module, not user input
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for name in values:
-        _check(name in known, f"{prefix}.{name}" if prefix else str(name),
-               f"unknown key; allowed keys are {', '.join(sorted(known))}")
-    kwargs = {name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in values.items()}
+        _check(
+            name in known,
+            f"{prefix}.{name}" if prefix else str(name),
+            f"unknown key; allowed keys are {', '.join(sorted(known))}",
+        )
+    kwargs = {
+        name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in values.items()
+    }
     return cls(**kwargs)
 
 
@@ -290,7 +357,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if values is not None and not isinstance(values, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of sections (ingest, tokenize, ...), got {type(values).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (ingest, tokenize, ...), got {type(values).__name__}"
+        )
     try:
         return params_from_dict(values)
     except ConfigError as error:

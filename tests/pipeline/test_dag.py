@@ -21,7 +21,9 @@ def test_dvc_repro_tokenize_builds_shards_and_second_run_does_nothing(tmp_path: 
     tokenized = project.path / "data/tokenized"
     assert (tokenized / "spm.model").is_file()
     assert sorted(path.name for path in tokenized.glob("train-*.tfrecord")) == [
-        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+    ]
     ingest_stats = json.loads((project.path / "metrics/ingest.json").read_text())
     splits = [json.loads(line) for line in (project.path / "data/ingested/train.jsonl").open()]
     assert len(splits) > 100 and {"id", "text", "summary", "group"} <= splits[0].keys()
@@ -37,8 +39,15 @@ def test_dvc_repro_whole_dag_with_two_workers_logs_one_mlflow_run(tmp_path: Path
 
     project.dvc("repro")
 
-    for output in ("data/raw", "data/ingested/test.jsonl", "data/tokenized/spm.model", "models/summarizer/model.keras",
-                   "metrics/train.json", "plots/train_history.csv", "reports/predictions.jsonl"):
+    for output in (
+        "data/raw",
+        "data/ingested/test.jsonl",
+        "data/tokenized/spm.model",
+        "models/summarizer/model.keras",
+        "metrics/train.json",
+        "plots/train_history.csv",
+        "reports/predictions.jsonl",
+    ):
         assert (project.path / output).exists(), output
     metrics = json.loads((project.path / "metrics.json").read_text())
     assert 0 <= metrics["rouge1"] <= 100 and 0 <= metrics["rougeL"] <= 100
@@ -46,8 +55,13 @@ def test_dvc_repro_whole_dag_with_two_workers_logs_one_mlflow_run(tmp_path: Path
     assert metrics["test_perplexity"] > 1
 
     runs = mlflow.MlflowClient(f"sqlite:///{project.path / 'mlflow.db'}").search_runs(
-        [experiment.experiment_id for experiment in
-         mlflow.MlflowClient(f"sqlite:///{project.path / 'mlflow.db'}").search_experiments()])
+        [
+            experiment.experiment_id
+            for experiment in mlflow.MlflowClient(
+                f"sqlite:///{project.path / 'mlflow.db'}"
+            ).search_experiments()
+        ]
+    )
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
