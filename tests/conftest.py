@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
+import mlflow
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +79,11 @@ def write_csv(
 @pytest.fixture
 def tiny_corpus_csv(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "corpus.csv", make_pairs(240))
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_tracking_uri():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which overrides params: no test may leak it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(before)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -415,7 +416,9 @@ def log_pyfunc_model(
     settings = dataclasses.asdict(decoding_config(decoding))
     run_id = run.run_id if isinstance(run, RunTracker) else run
     uri = run.tracking_uri if isinstance(run, RunTracker) else tracking_uri or mlflow.get_tracking_uri()
-    previous_uri = mlflow.get_tracking_uri()
+    # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI (for subprocesses), which would override every
+    # later resolve_tracking_uri in this process: restore the variable exactly, unset if it was unset.
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
