@@ -5,6 +5,7 @@ set -euo pipefail
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_DIR"
 scripts/setup.sh
+scripts/install-test-system-deps.sh
 # shellcheck source=/dev/null
 . .venv/bin/activate
 printf '\n==> ruff format --check and ruff check\n'
