@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -30,6 +31,12 @@ def test_horovod_ranks_and_shards(two_rank_results: list[dict]) -> None:
     assert [
         (r["rank"], r["size"], r["is_chief"], r["shard_index"], r["num_shards"]) for r in two_rank_results
     ] == [(0, 2, True, 0, 2), (1, 2, False, 1, 2)]
+
+
+@pytest.mark.slow
+def test_the_cores_are_shared_out_between_the_local_ranks(two_rank_results: list[dict]) -> None:
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert {(r["intra_op_threads"], r["inter_op_threads"]) for r in two_rank_results} == {(threads, threads)}
 
 
 @pytest.mark.slow

@@ -126,13 +126,14 @@ class HorovodDistribution(Distribution):
 
         Without GPUs, the host's cores are shared out between its processes instead: each TensorFlow would
         otherwise start one thread per core, and ``local_size`` processes would oversubscribe the CPU.
+        A thread count set before (``tf.config.threading``) is kept.
         """
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
         if gpus:
             tf.config.set_visible_devices(gpus[self.local_rank % len(gpus)], "GPU")
-        else:
+        elif not tf.config.threading.get_intra_op_parallelism_threads():
             threads = max(1, (os.cpu_count() or 1) // self._hvd.local_size())
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -50,6 +50,8 @@ def main(out_dir: Path) -> None:
         "object": dist.broadcast_object({"from_rank": rank}),
         "weights_before": before,
         "weights_after": after,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
     dist.barrier()
     dist.stop_timeline()
