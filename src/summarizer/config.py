@@ -97,7 +97,9 @@ class TokenizeConfig:
     max_source_tokens: int = 80
     max_target_tokens: int = 16
     num_shards: int = 4
-    input_sentence_size: int = 200000
+    input_sentence_size: int = 100000
+    seed: int = 13
+    num_threads: int = 2
 
     def validate(self, key: str) -> None:
         _check(
@@ -110,6 +112,8 @@ class TokenizeConfig:
         _check(self.max_target_tokens >= 2, f"{key}.max_target_tokens", "expected an integer >= 2")
         _check(1 <= self.num_shards <= 1024, f"{key}.num_shards", f"expected 1..1024, got {self.num_shards}")
         _check(self.input_sentence_size >= 1000, f"{key}.input_sentence_size", "expected an integer >= 1000")
+        _check(self.seed >= 0, f"{key}.seed", f"expected an integer >= 0, got {self.seed}")
+        _check(1 <= self.num_threads <= 256, f"{key}.num_threads", f"expected 1..256, got {self.num_threads}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class TrainConfig:
     lr_reduce_patience: int = 1
     lr_reduce_factor: float = 0.5
     min_learning_rate: float = 0.00001
-    max_wall_minutes: float = 20.0
+    max_wall_minutes: float = 18.0
     seed: int = 42
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
 

@@ -13,9 +13,9 @@ Special ids are fixed for every model trained here (``Tokenizer.load`` rejects a
 BOS to the decoder input.
 
 Reproducibility: the same train split and config give a byte-identical ``spm.model``. Two things make it so.
-The training sample is drawn here with a seeded ``random.Random`` (:data:`SAMPLE_SEED`), because sentencepiece
+The training sample is drawn here with a ``random.Random`` seeded by ``tokenize.seed``, because sentencepiece
 0.2.3's own ``shuffle_input_sentence`` sampling differs between processes even after
-``set_random_generator_seed`` (measured); and the trainer always runs :data:`TRAINER_THREADS` threads, because
+``set_random_generator_seed`` (measured); and the trainer runs ``tokenize.num_threads`` threads, because
 the unigram EM splits its sums by thread, so another thread count gives (slightly) different pieces.
 """
 
@@ -40,8 +40,6 @@ BOS_ID = 2
 EOS_ID = 3
 SPECIAL_PIECES = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
 
-SAMPLE_SEED = 13
-TRAINER_THREADS = 2
 # sentencepiece skips longer training sentences (default 4192 bytes); a 400-word non-ASCII text can be longer.
 MAX_SENTENCE_BYTES = 1 << 16
 # Each sampled record gives two training sentences: its text and its summary.
@@ -187,7 +185,7 @@ def train_tokenizer(train_jsonl: str | Path, model_prefix: str | Path, config: T
     """
     train_jsonl, model_prefix = Path(train_jsonl), Path(model_prefix)
     max_records = max(1, config.input_sentence_size // SENTENCES_PER_RECORD)
-    chosen = sample_lines(count_lines(train_jsonl), max_records, SAMPLE_SEED)
+    chosen = sample_lines(count_lines(train_jsonl), max_records, config.seed)
     stream = _SentenceStream(read_pairs(train_jsonl, chosen))
     model = io.BytesIO()
     try:
@@ -200,7 +198,7 @@ def train_tokenizer(train_jsonl: str | Path, model_prefix: str | Path, config: T
             input_sentence_size=config.input_sentence_size,
             shuffle_input_sentence=False,  # sampled above, reproducibly
             max_sentence_length=MAX_SENTENCE_BYTES,
-            num_threads=TRAINER_THREADS,
+            num_threads=config.num_threads,
             pad_id=PAD_ID,
             unk_id=UNK_ID,
             bos_id=BOS_ID,

@@ -1,0 +1,67 @@
+"""params.yaml -> typed config: defaults, type checks, ranges and unknown keys, each error naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from summarizer.config import ConfigError, Params, load_params, params_from_dict
+from tests.conftest import REPO_ROOT
+
+
+def test_the_committed_params_file_matches_the_defaults() -> None:
+    """params.yaml documents every key with its default value, so the two cannot drift apart."""
+    assert load_params(REPO_ROOT / "params.yaml") == Params()
+
+
+def test_a_missing_section_or_key_takes_its_default() -> None:
+    params = params_from_dict({"tokenize": {"vocab_size": 500}})
+    assert params.tokenize.vocab_size == 500
+    assert params.tokenize.seed == Params().tokenize.seed
+    assert params.train == Params().train
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tokenize": {"vocab_sise": 8000}}, "tokenize.vocab_sise: unknown key; allowed keys are"),
+        ({"tokeniz": {}}, "tokeniz: unknown key"),
+        ({"train": {"horovod": {"cycle_time": 5}}}, "train.horovod.cycle_time: unknown key"),
+        ({"tokenize": {"seed": -1}}, "tokenize.seed: expected an integer >= 0, got -1"),
+        ({"tokenize": {"num_threads": 0}}, "tokenize.num_threads: expected 1..256, got 0"),
+        ({"tokenize": {"num_threads": 2.5}}, "tokenize.num_threads: expected an integer, got 2.5"),
+        (
+            {"tokenize": {"input_sentence_size": 999}},
+            "tokenize.input_sentence_size: expected an integer >= 1000",
+        ),
+        (
+            {"tokenize": {"model_type": "word"}},
+            "tokenize.model_type: expected one of unigram, bpe, got 'word'",
+        ),
+        ({"train": {"copy_attention": "yes"}}, "train.copy_attention: expected true or false, got 'yes'"),
+        ({"train": "gru"}, "train: expected a mapping of TrainConfig keys"),
+    ],
+)
+def test_a_bad_value_fails_naming_its_key(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        params_from_dict(values)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(path)
+    path.write_text("tokenize: [1, 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_params(path)
+    path.write_text(yaml.safe_dump({"evaluate": {"beam_width": 0}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{path}: evaluate.beam_width"):
+        load_params(path)
+
+
+def test_flat_keys_are_dotted_for_mlflow() -> None:
+    flat = Params().to_flat_dict()
+    assert flat["tokenize.num_threads"] == 2 and "train.horovod.cycle_time_ms" in flat
+    assert params_from_dict(Params().to_nested_dict()) == Params()
