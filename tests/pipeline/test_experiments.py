@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,47 @@ def test_gru_and_lstm_experiments_are_listed_with_their_metrics(tmp_path: Path) 
     lines = table.strip().splitlines()
     assert len(lines) == 3
     assert {"gru-float32-1w", "lstm-float32-1w"} <= {field for line in lines[1:] for field in line.split(",")}
+
+
+def queue_statuses(project: DvcProject) -> dict[str, str]:
+    """Task id -> status (Queued, Running, Success, Failed) from `dvc queue status`."""
+    statuses = {}
+    for line in project.dvc("queue", "status").stdout.splitlines():
+        fields = line.split()
+        if fields and fields[-1] in ("Queued", "Running", "Success", "Failed"):
+            statuses[fields[0]] = fields[-1]
+    return statuses
+
+
+def wait_for_queue(project: DvcProject, timeout_seconds: float = 900) -> dict[str, str]:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        statuses = queue_statuses(project)
+        if statuses and not {"Queued", "Running"} & set(statuses.values()):
+            return statuses
+        time.sleep(3)
+    project.dvc("queue", "kill", *queue_statuses(project), check=False)
+    raise AssertionError(f"the queue did not finish in {timeout_seconds} s: {queue_statuses(project)}")
+
+
+def test_a_queued_grid_runs_both_cells_into_one_tracking_store(tmp_path: Path) -> None:
+    project = DvcProject(tmp_path / "repo", tiny_params(workers=1))
+
+    queued = project.dvc("exp", "run", "--queue", "-S", "train.cell=gru,lstm")
+    assert queued.stdout.count("Queued experiment") == 2, queued.stdout
+    project.dvc("queue", "start", "--jobs", "1")
+    statuses = wait_for_queue(project)
+    failed = [task for task, status in statuses.items() if status != "Success"]
+    logs = "\n".join(project.dvc("queue", "logs", task, check=False).stdout for task in failed)
+    assert not failed, logs
+
+    rows = experiment_rows(project.dvc("exp", "show", "--json").stdout)
+    assert sorted(row["params"]["train"]["cell"] for row in rows) == ["gru", "lstm"]
+    assert all(row["metrics"]["metrics.json"]["test_perplexity"] > 1 for row in rows)
+    # Queued runs execute in temporary copies; DVC_ROOT points them at this repository's store.
+    runs = list_runs(f"sqlite:///{project.path / 'mlflow.db'}", "summarizer")
+    assert sorted(run.run_name for run in runs) == ["gru-float32-1w", "lstm-float32-1w"]
+    assert {run.status for run in runs} == {"FINISHED"}
+    assert {run.tags.get("dvc.exp_name") for run in runs} == {row["name"] for row in rows}
+    checkpoints = project.path / ".checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())  # each run removed its own
