@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -144,25 +143,7 @@ def test_wall_clock_budget_stops_before_an_epoch_that_would_overrun_it() -> None
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def test_checkpoint_directory_depends_on_train_params_and_data(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train-00000-of-00001.tfrecord").write_bytes(b"abc")
-    params = write_params(tmp_path / "p.yaml", tiny_train_params(), "sqlite:///mlflow.db")
-    first = training.checkpoint_directory(tmp_path, params, data)
-    assert first.parent == tmp_path / ".checkpoints" and first.name.startswith("train-")
-    assert training.checkpoint_directory(tmp_path, params, data) == first
-    other_params = write_params(tmp_path / "q.yaml", tiny_train_params(units=32), "sqlite:///mlflow.db")
-    assert training.checkpoint_directory(tmp_path, other_params, data) != first
-    evaluate_only = write_params(
-        tmp_path / "r.yaml", {**tiny_train_params(), "evaluate": {"beam_width": 2}}, "sqlite:///mlflow.db"
-    )
-    assert training.checkpoint_directory(tmp_path, evaluate_only, data) == first
-    (data / "train-00000-of-00001.tfrecord").write_bytes(b"abd")
-    assert training.checkpoint_directory(tmp_path, params, data) != first
+# Steps
 
 
 def _tiny_trainer(config: TrainConfig) -> training.Trainer:
@@ -178,30 +159,6 @@ def _batch() -> dict[str, tf.Tensor]:
         "target_in": tf.constant([[2, 6, 8], [2, 10, 0]]),
         "target_out": tf.constant([[6, 8, 3], [10, 3, 0]]),
     }
-
-
-def test_checkpoint_round_trip_restores_weights_optimizer_state_and_random_state(tmp_path: Path) -> None:
-    config = TrainConfig(units=8, embedding_dim=4, dropout=0.0)
-    trainer = _tiny_trainer(config)
-    trainer.train_step(_batch(), 0.01)
-    state = training.TrainingState(
-        epoch=2, step=7, best_val_loss=1.25, lr_scale=0.5, run_id="abc", history=[{"x": 1}]
-    )
-    random.seed(5)
-    np.random.seed(5)
-    best = [np.full_like(weight, 3.0) for weight in trainer.model.get_weights()]
-    training.save_checkpoint(tmp_path / "checkpoint", trainer, state, best)
-    expected_next = (random.random(), float(np.random.rand()))
-
-    restored_trainer = _tiny_trainer(config)
-    restored, restored_best = training.load_checkpoint(tmp_path / "checkpoint", restored_trainer)
-
-    assert restored == state
-    assert (random.random(), float(np.random.rand())) == expected_next
-    assert int(restored_trainer.optimizer.iterations.numpy()) == 1
-    for saved, loaded in zip(trainer.variables, restored_trainer.variables, strict=True):
-        assert np.array_equal(np.asarray(saved), np.asarray(loaded))
-    assert all(np.all(weights == 3.0) for weights in restored_best)
 
 
 def test_mixed_float16_step_gives_finite_loss_with_loss_scaling() -> None:

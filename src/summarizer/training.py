@@ -19,14 +19,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import inspect
 import io as text_io
-import json
 import math
 import os
-import pickle
-import random
 import shutil
 import signal
 import sys
@@ -40,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from summarizer import records, tracking
+from summarizer import checkpoints, records, tracking
 from summarizer.config import Params, TrainConfig
 from summarizer.distribution import Distribution
 from summarizer.io import atomic_directory, atomic_write_text, write_json
@@ -231,77 +227,6 @@ def _inputs(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints: rank 0 writes them outside the DVC outs; resuming needs the same params and the same data.
-
-
-def data_fingerprint(data_dir: str | Path) -> str:
-    """sha256 over the relative names and contents of every file under ``data_dir``."""
-    digest = hashlib.sha256()
-    root = Path(data_dir)
-    for path in sorted(path for path in root.rglob("*") if path.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checkpoint_directory(root: str | Path, params: Params, data_dir: str | Path) -> Path:
-    """``<root>/.checkpoints/train-<hash of train + tracking params and the input data>``."""
-    settings = json.dumps(
-        {"train": dataclasses.asdict(params.train), "tracking": dataclasses.asdict(params.tracking)},
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(settings.encode("utf-8") + data_fingerprint(data_dir).encode("ascii")).hexdigest()
-    return Path(root) / ".checkpoints" / f"train-{digest[:20]}"
-
-
-def _random_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "tensorflow": tf.random.get_global_generator().state.numpy(),
-    }
-
-
-def _restore_random_state(saved: dict[str, Any]) -> None:
-    random.setstate(saved["python"])
-    np.random.set_state(saved["numpy"])
-    tf.random.get_global_generator().reset(saved["tensorflow"])
-
-
-def save_checkpoint(
-    path: Path, trainer: Trainer, state: TrainingState, best_weights: list[np.ndarray]
-) -> None:
-    """Write weights, optimizer state, best weights, loop and RNG state atomically (temp dir + rename)."""
-    with atomic_directory(path) as temporary:
-        np.savez(temporary / "variables.npz", *[np.asarray(variable) for variable in trainer.variables])
-        np.savez(temporary / "best.npz", *best_weights)
-        with (temporary / "random.pkl").open("wb") as handle:
-            pickle.dump(_random_state(), handle)
-        write_json(temporary / "state.json", dataclasses.asdict(state))
-
-
-def load_checkpoint(path: Path, trainer: Trainer) -> tuple[TrainingState, list[np.ndarray]]:
-    """Restore a checkpoint into ``trainer``; return the loop state and the best weights so far."""
-    with np.load(path / "variables.npz") as arrays:
-        values = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
-    if len(values) != len(trainer.variables):
-        raise ValueError(
-            f"{path}: checkpoint holds {len(values)} variables, the model has {len(trainer.variables)};"
-            f" delete {path} to start afresh"
-        )
-    for variable, value in zip(trainer.variables, values, strict=True):
-        variable.assign(value)
-    with np.load(path / "best.npz") as arrays:
-        best_weights = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
-    with (path / "random.pkl").open("rb") as handle:
-        _restore_random_state(pickle.load(handle))
-    state = TrainingState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
-    return state, best_weights
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Data
 
 
@@ -416,14 +341,12 @@ def run_training(params: Params, distribution: Distribution, paths: TrainingPath
         tracking.TrackingError: the MLflow store is unreachable (checked before any training).
     """
     tracking_uri = _checked_tracking_uri(params, distribution, paths.root)
-    checkpoint = checkpoint_directory(paths.root, params, paths.data_dir) if distribution.is_chief else None
-    run_id = _saved_state(checkpoint).run_id if checkpoint and checkpoint.is_dir() else None
+    checkpoint = None
+    if distribution.is_chief:
+        checkpoint = checkpoints.checkpoint_directory(paths.root, params, paths.data_dir)
+    run_id = checkpoints.read_state(checkpoint)["run_id"] if checkpoint and checkpoint.is_dir() else None
     with _chief_run(params, distribution, tracking_uri, run_id, paths.root) as tracker:
         return _train(params, distribution, paths, checkpoint, tracker)
-
-
-def _saved_state(checkpoint: Path) -> TrainingState:
-    return TrainingState(**json.loads((checkpoint / "state.json").read_text(encoding="utf-8")))
 
 
 def _checked_tracking_uri(params: Params, distribution: Distribution, root: Path) -> str:
@@ -500,7 +423,9 @@ def _train(
     while not state.stop_reason:
         state, best_weights = _run_epoch(trainer, state, best_weights, data, tracker)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, trainer, state, best_weights)
+            checkpoints.save_checkpoint(
+                checkpoint, trainer.variables, dataclasses.asdict(state), best_weights
+            )
         _stop_if_requested(state.epoch, distribution)
     if timeline:
         distribution.stop_timeline()
@@ -525,7 +450,8 @@ def _restore(
     """The chief resumes from its checkpoint if there is one; then every rank takes the chief's state."""
     state, best_weights = TrainingState(), trainer.model.get_weights()
     if checkpoint is not None and checkpoint.is_dir():
-        state, best_weights = load_checkpoint(checkpoint, trainer)
+        saved, best_weights = checkpoints.load_checkpoint(checkpoint, trainer.variables)
+        state = TrainingState(**saved)
         print(f"resuming from {checkpoint} after epoch {state.epoch}", flush=True)
     state = distribution.broadcast_object(state)
     # Broadcast the variables: ranks start identical, from random weights or from the checkpoint.
@@ -694,13 +620,9 @@ __all__ = [
     "Trainer",
     "TrainingPaths",
     "TrainingState",
-    "checkpoint_directory",
-    "data_fingerprint",
     "learning_rate_at",
-    "load_checkpoint",
     "make_optimizer",
     "run_training",
-    "save_checkpoint",
     "token_losses",
     "update_after_epoch",
 ]
