@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 from pathlib import Path
@@ -87,3 +88,8 @@ def isolated_mlflow_tracking_uri():
     before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
     mlflow.set_tracking_uri(before)
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
