@@ -9,10 +9,10 @@ training's MLflow run FINISHED with the test metrics, the outputs and the pyfunc
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from pipeline.stage import CONFIG_ERROR, INPUT_ERROR, fail, start_logging
 from summarizer.config import ConfigError, load_params
 from summarizer.evaluation import run_evaluation, summary_text
 from summarizer.tracking import project_root
@@ -50,18 +50,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str, status: int) -> int:
-    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-    return status
-
-
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    logging.basicConfig(level=logging.INFO, format=f"{PROGRAM}: %(message)s", stream=sys.stderr)
+    start_logging(PROGRAM)
     try:
         params = load_params(arguments.params)
     except ConfigError as error:
-        return fail(str(error), 2)
+        return fail(PROGRAM, str(error), CONFIG_ERROR)
     root = Path(arguments.root) if arguments.root else project_root()
     try:
         values = run_evaluation(
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             root=root,
         )
     except (FileNotFoundError, ValueError) as error:
-        return fail(str(error), 1)
+        return fail(PROGRAM, str(error), INPUT_ERROR)
     print(summary_text(values))
     return 0
 

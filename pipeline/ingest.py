@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from pipeline.stage import CONFIG_ERROR, INPUT_ERROR, fail, start_logging
 from summarizer.config import ConfigError, load_params
 from summarizer.data import IngestError, run_ingest
+
+PROGRAM = "ingest"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,17 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="ingest: %(message)s", stream=sys.stderr)
+    start_logging(PROGRAM)
     try:
         params = load_params(args.params)
     except ConfigError as error:
-        print(f"ingest: error: {error}", file=sys.stderr)
-        return 2
+        return fail(PROGRAM, str(error), CONFIG_ERROR)
     try:
         run_ingest(params.ingest, args.raw_dir, args.out_dir, args.stats)
     except IngestError as error:
-        print(f"ingest: error: {error}", file=sys.stderr)
-        return 1
+        return fail(PROGRAM, str(error), INPUT_ERROR)
     return 0
 
 

@@ -8,9 +8,9 @@ The output directory is built in a temporary directory beside it and moved into 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from pipeline.stage import CONFIG_ERROR, INPUT_ERROR, fail, start_logging
 from summarizer.config import ConfigError, load_params
 from summarizer.io import atomic_directory, write_json
 from summarizer.records import run_tokenize
@@ -36,25 +36,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str, status: int) -> int:
-    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-    return status
-
-
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    logging.basicConfig(level=logging.INFO, format=f"{PROGRAM}: %(message)s", stream=sys.stderr)
+    log = start_logging(PROGRAM)
     try:
         config = load_params(arguments.params).tokenize
     except ConfigError as error:
-        return fail(str(error), 2)
+        return fail(PROGRAM, str(error), CONFIG_ERROR)
     try:
         with atomic_directory(arguments.out_dir) as staging:
             stats = run_tokenize(arguments.in_dir, staging, config)
             write_json(arguments.stats, stats)
-        logging.getLogger(PROGRAM).info("written %s and %s", arguments.out_dir, arguments.stats)
+        log.info("written %s and %s", arguments.out_dir, arguments.stats)
     except (FileNotFoundError, ValueError) as error:
-        return fail(str(error), 1)
+        return fail(PROGRAM, str(error), INPUT_ERROR)
     return 0
 
 
