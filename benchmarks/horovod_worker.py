@@ -1,0 +1,87 @@
+"""One Horovod rank of the scaling benchmark (started by ``benchmarks.scaling`` under ``horovodrun``).
+
+Each rank runs with one intra-op and one inter-op thread, trains our model with the product's
+``Trainer`` and ``summarizer.distribution`` (gradients averaged by Horovod every step) on its own synthetic
+batches, and the chief writes the global samples/s to the JSON file given as ``--out``.
+
+Usage: python -m benchmarks.horovod_worker --settings JSON --out PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+import tensorflow as tf
+
+from benchmarks.common import Shapes, summary_of, synthetic_batches, timed_rates
+from benchmarks.training_speed import DISTINCT_BATCHES, Timing, make_trainer
+from summarizer import distribution
+from summarizer.config import TrainConfig
+from summarizer.io import write_json
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.horovod_worker", description=__doc__)
+    parser.add_argument(
+        "--settings", required=True, help='JSON: {"train": {...}, "shapes": {...}, "timing": {...}}'
+    )
+    parser.add_argument("--out", required=True, help="JSON file the chief writes")
+    parser.add_argument("--seed", type=int, default=7)
+    return parser.parse_args(argv)
+
+
+def _train_config(values: dict) -> TrainConfig:
+    known = {field.name for field in fields(TrainConfig)} - {"horovod"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--settings: unknown train keys {unknown}")
+    config = TrainConfig(**values)
+    config.validate("train")
+    return config
+
+
+def run(settings: dict, seed: int) -> dict:
+    """Train on this rank; returns the global samples/s figures (the same on every rank)."""
+    config = _train_config(settings["train"])
+    shapes, timing = Shapes(**settings["shapes"]), Timing(**settings["timing"])
+    dist = distribution.init()
+    trainer = make_trainer(config, shapes.vocab_size, seed, dist)
+    dist.broadcast_variables(trainer.variables)
+    batches = synthetic_batches(shapes, DISTINCT_BATCHES, seed + dist.rank)  # each rank its own data
+    tensors = [{name: tf.constant(value) for name, value in batch.items()} for batch in batches]
+    for step in range(timing.warmup_steps):
+        trainer.train_step(tensors[step % len(tensors)], config.learning_rate)
+
+    def run_once() -> float:
+        dist.barrier()  # every rank starts the clock together
+        for step in range(timing.steps):
+            trainer.train_step(tensors[step % len(tensors)], config.learning_rate)
+        dist.barrier()  # and stops it when the slowest rank is done
+        return timing.steps * shapes.batch_size * dist.size
+
+    summary = summary_of(timed_rates(run_once, timing.repetitions))
+    return {
+        "workers": dist.size,
+        "samples_per_second": summary["median"],
+        "repetitions": summary["repetitions"],
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "is_chief": dist.is_chief,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # before any op: one core per worker
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    result = run(json.loads(arguments.settings), arguments.seed)
+    if result.pop("is_chief"):
+        write_json(arguments.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

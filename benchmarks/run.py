@@ -1,0 +1,611 @@
+"""Run the benchmarks, print a Markdown table and write the results JSON.
+
+Usage: python -m benchmarks.run [--quick] [--only GROUP ...] [--out benchmarks/results] [--params params.yaml]
+       python -m benchmarks.run --table      (print the table of the results file, measure nothing)
+
+Groups: training, decoding, scaling, precision, parameters, tokenize. Each figure is stored under its own
+key with its target beside it (``{"value": ..., "target": ..., "met": ...}``); ``--only`` re-measures some
+groups and keeps the other figures of an existing results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common, decoding_speed, scaling, tokenize_speed, training_speed
+from benchmarks.classic import ClassicConfig, build_classic
+from benchmarks.common import Shapes, figure
+from benchmarks.training_speed import Timing
+from summarizer.config import ConfigError, EvaluateConfig, Params, TokenizeConfig, TrainConfig, load_params
+from summarizer.io import read_json, write_json
+from summarizer.model import build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GROUPS = ("training", "decoding", "scaling", "precision", "parameters", "tokenize")
+SEED = 1234
+CHILD_FLAG = "--in-process"
+# The peer: OpenNMT-py 3.5.1 on this 2-core CPU (measured by them; not re-measured here).
+PEER = {
+    "train_samples_per_second": (119.0, 133.0),
+    "greedy_summaries_per_second": (188.0, 198.0),
+    "beam4_summaries_per_second": (82.0, 82.0),
+    "no_copy": {"train_samples_per_second": 170.0, "greedy": 588.0, "beam4": 143.0},
+}
+TARGETS = {
+    "classic_speedup": 2.0,
+    "peer_train_samples_per_second": 200.0,
+    "greedy_summaries_per_second": 400.0,
+    "greedy_speedup": 100.0,
+    "beam4_summaries_per_second": 165.0,
+    "beam4_speedup": 25.0,
+    "scaling_efficiency": 0.8,
+    "gru_fewer_recurrent_percent": 25.0,
+    "tokenize_rss_ratio": 1.2,  # "flat": peak RSS grows by at most 20% when the corpus grows
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every size and configuration of one run (full or --quick)."""
+
+    quick: bool
+    classic: ClassicConfig
+    classic_like: TrainConfig  # our model with the classic recipe's sizes
+    peer: TrainConfig  # our model with the peer's sizes, copy attention on
+    defaults: TrainConfig  # params.yaml's train section
+    peer_shapes: Shapes
+    default_shapes: Shapes
+    classic_timing: Timing
+    timing: Timing
+    scaling_timing: Timing
+    scaling_rounds: int  # 1 and 2 workers are measured alternately, this many times each
+    decoding: EvaluateConfig  # params.yaml's evaluate section
+    decode_texts: int
+    classic_decode_texts: int
+    classic_decode_chunks: int
+    decode_repetitions: int
+    tokenize: TokenizeConfig
+    replication_factors: tuple[int, ...]  # tokenize copies with each line repeated this many times
+    synthetic_records: int  # --quick tokenizes a synthetic corpus of this many train records
+    horovod_timeout_seconds: float
+
+
+def _peer_config(defaults: TrainConfig) -> TrainConfig:
+    return replace(
+        defaults,
+        cell="lstm",
+        encoder_layers=1,
+        bidirectional=True,
+        embedding_dim=128,
+        units=256,
+        attention="additive",
+        copy_attention=True,
+        coverage_weight=0.0,
+        label_smoothing=0.0,
+        precision="float32",
+        batch_size=64,
+    )
+
+
+def _classic_like(defaults: TrainConfig, classic: ClassicConfig) -> TrainConfig:
+    return replace(
+        defaults,
+        cell="gru",
+        encoder_layers=classic.encoder_layers,
+        bidirectional=False,
+        embedding_dim=classic.embedding_dim,
+        units=classic.units,
+        attention="additive",
+        copy_attention=False,
+        coverage_weight=0.0,
+        label_smoothing=0.0,
+        dropout=classic.dropout,
+        precision="float32",
+    )
+
+
+def full_plan(params: Params) -> Plan:
+    train = params.train
+    classic = ClassicConfig(
+        vocab_size=8000,
+        embedding_dim=128,
+        units=256,
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        clipnorm=train.clipnorm,
+    )
+    tokenize = params.tokenize
+    return Plan(
+        quick=False,
+        classic=classic,
+        classic_like=_classic_like(train, classic),
+        peer=_peer_config(train),
+        defaults=train,
+        peer_shapes=Shapes(vocab_size=8000, source_length=80, target_length=16, batch_size=64),
+        default_shapes=Shapes(
+            tokenize.vocab_size, tokenize.max_source_tokens, tokenize.max_target_tokens, train.batch_size
+        ),
+        classic_timing=Timing(warmup_steps=4, steps=6, repetitions=3),
+        timing=Timing(warmup_steps=8, steps=8, repetitions=5),
+        scaling_timing=Timing(warmup_steps=6, steps=16, repetitions=5),
+        scaling_rounds=2,
+        decoding=params.evaluate,
+        decode_texts=8 * params.evaluate.batch_size,
+        classic_decode_texts=64,
+        classic_decode_chunks=4,
+        decode_repetitions=3,
+        tokenize=tokenize,
+        replication_factors=(10, 20),
+        synthetic_records=0,
+        horovod_timeout_seconds=600,
+    )
+
+
+def quick_plan(params: Params) -> Plan:
+    """Tiny sizes: minutes of work become seconds; the figures mean nothing, the code paths are the same."""
+    plan = full_plan(params)
+    classic = replace(plan.classic, vocab_size=300, embedding_dim=8, units=16, encoder_layers=2)
+    shapes = Shapes(vocab_size=300, source_length=12, target_length=6, batch_size=8)
+    small = {"units": 16, "embedding_dim": 8, "batch_size": 8}
+    return replace(
+        plan,
+        quick=True,
+        classic=classic,
+        classic_like=replace(_classic_like(params.train, classic), **small),
+        peer=replace(plan.peer, **small),
+        defaults=replace(plan.defaults, **small),
+        peer_shapes=shapes,
+        default_shapes=shapes,
+        classic_timing=Timing(warmup_steps=1, steps=2, repetitions=2),
+        timing=Timing(warmup_steps=1, steps=2, repetitions=2),
+        scaling_timing=Timing(warmup_steps=1, steps=2, repetitions=2),
+        scaling_rounds=1,
+        decoding=replace(params.evaluate, batch_size=4),
+        decode_texts=8,
+        classic_decode_texts=4,
+        classic_decode_chunks=2,
+        decode_repetitions=2,
+        tokenize=replace(params.tokenize, vocab_size=100, input_sentence_size=1000, num_shards=2),
+        replication_factors=(10, 20),
+        synthetic_records=200,
+        horovod_timeout_seconds=300,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Groups: each returns {figure key: figure}
+
+
+def run_training(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """Classic model.fit vs our train step at the classic sizes; ours at the peer's sizes and defaults."""
+    shapes = replace(plan.peer_shapes, vocab_size=plan.classic.vocab_size)
+    classic = training_speed.measure_classic_training(plan.classic, shapes, plan.classic_timing, SEED)
+    ours = training_speed.measure_our_training(plan.classic_like, shapes, plan.timing, SEED)
+    peer = training_speed.measure_our_training(plan.peer, plan.peer_shapes, plan.timing, SEED)
+    defaults = training_speed.measure_our_training(plan.defaults, plan.default_shapes, plan.timing, SEED)
+    speedup = ours["samples_per_second"] / classic["samples_per_second"]
+    peer_low, peer_high = PEER["train_samples_per_second"]
+    return {
+        "train_classic_samples_per_second": _rate_figure(classic, "samples/s", None, parameters=True),
+        "train_classic_target_tokens_per_second": figure(classic["target_tokens_per_second"], "tokens/s"),
+        "train_classic_shapes_samples_per_second": _rate_figure(
+            ours, "samples/s", TARGETS["classic_speedup"] * classic["samples_per_second"], parameters=True
+        ),
+        "train_classic_shapes_target_tokens_per_second": figure(ours["target_tokens_per_second"], "tokens/s"),
+        "train_classic_shapes_speedup": figure(speedup, "x classic", TARGETS["classic_speedup"]),
+        "train_peer_shapes_samples_per_second": _rate_figure(
+            peer,
+            "samples/s",
+            TARGETS["peer_train_samples_per_second"],
+            parameters=True,
+            peer=f"{peer_low:g}-{peer_high:g}",
+            versus_peer=round(peer["samples_per_second"] / peer_high, 3),
+        ),
+        "train_peer_shapes_target_tokens_per_second": figure(peer["target_tokens_per_second"], "tokens/s"),
+        "train_defaults_samples_per_second": _rate_figure(defaults, "samples/s", None, parameters=True),
+        "train_defaults_target_tokens_per_second": figure(defaults["target_tokens_per_second"], "tokens/s"),
+        "train_defaults_speedup_vs_classic": figure(
+            defaults["samples_per_second"] / classic["samples_per_second"], "x classic"
+        ),
+    }
+
+
+def _rate_figure(
+    result: dict[str, Any], unit: str, target: float | None, parameters: bool = False, **details: Any
+) -> dict[str, Any]:
+    extra = {"repetitions": result["repetitions"], "step_milliseconds": round(result["step_milliseconds"], 1)}
+    if parameters:
+        extra["parameters"] = result["parameters"]
+    if target is not None:
+        target = round(target, 2)
+    return figure(result["samples_per_second"], unit, target, **extra, **details)
+
+
+def run_decoding(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """The classic loop (classic model) vs our greedy and beam search (our model at the peer's sizes)."""
+    length = plan.peer_shapes.target_length
+    classic_shapes = replace(plan.peer_shapes, vocab_size=plan.classic.vocab_size)
+    classic_models = build_classic(plan.classic)
+    classic_sources = decoding_speed.source_texts(classic_shapes, plan.classic_decode_texts, SEED)
+    classic = decoding_speed.measure_classic_decoding(
+        classic_models, classic_sources, length, plan.classic_decode_chunks
+    )
+    with training_speed.dtype_policy("float32"):
+        model = build_model(plan.peer, plan.peer_shapes.vocab_size)
+    sources = decoding_speed.source_texts(plan.peer_shapes, plan.decode_texts, SEED)
+    forced = decoding_speed.forced_length(plan.decoding, length)
+    greedy = decoding_speed.measure_our_decoding(
+        model, replace(forced, search="greedy"), sources, plan.decode_repetitions
+    )
+    beam = decoding_speed.measure_our_decoding(
+        model, replace(forced, search="beam", beam_width=4), sources, plan.decode_repetitions
+    )
+    return _decoding_figures(classic, greedy, beam, forced)
+
+
+def _decoding_figures(
+    classic: dict[str, Any], greedy: dict[str, Any], beam: dict[str, Any], forced: EvaluateConfig
+) -> dict[str, Any]:
+    classic_rate = classic["summaries_per_second"]
+    settings = {
+        "tokens_per_summary": forced.max_length,
+        "batch_size": forced.batch_size,
+        "no_repeat_ngram_size": forced.no_repeat_ngram_size,
+    }
+    return {
+        "decode_classic_summaries_per_second": figure(
+            classic_rate, "summaries/s", repetitions=classic["repetitions"], texts=classic["texts"]
+        ),
+        "decode_greedy_summaries_per_second": figure(
+            greedy["summaries_per_second"],
+            "summaries/s",
+            TARGETS["greedy_summaries_per_second"],
+            repetitions=greedy["repetitions"],
+            texts=greedy["texts"],
+            peer="{:g}-{:g}".format(*PEER["greedy_summaries_per_second"]),
+            **settings,
+        ),
+        "decode_greedy_speedup": figure(
+            greedy["summaries_per_second"] / classic_rate, "x classic loop", TARGETS["greedy_speedup"]
+        ),
+        "decode_beam4_summaries_per_second": figure(
+            beam["summaries_per_second"],
+            "summaries/s",
+            TARGETS["beam4_summaries_per_second"],
+            repetitions=beam["repetitions"],
+            texts=beam["texts"],
+            peer="{:g}".format(PEER["beam4_summaries_per_second"][0]),
+            length_penalty=forced.length_penalty,
+            **settings,
+        ),
+        "decode_beam4_speedup": figure(
+            beam["summaries_per_second"] / classic_rate, "x classic loop", TARGETS["beam4_speedup"]
+        ),
+    }
+
+
+def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """horovodrun -np 1 and -np 2 (one thread each) with our model at the peer's sizes.
+
+    The two are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this shared
+    machine does not fall on one worker count only; each figure is the median of all its repetitions.
+    """
+    repetitions: dict[int, list[float]] = {1: [], 2: []}
+    threads = {}
+    for _ in range(plan.scaling_rounds):
+        for workers in repetitions:
+            result = scaling.run_workers(
+                workers, plan.peer, plan.peer_shapes, plan.scaling_timing, plan.horovod_timeout_seconds
+            )
+            repetitions[workers].extend(result["repetitions"])
+            threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
+    one, two = (common.summary_of(repetitions[workers])["median"] for workers in (1, 2))
+    return {
+        "scaling_one_worker_samples_per_second": figure(
+            one, "samples/s", repetitions=repetitions[1], **threads
+        ),
+        "scaling_two_workers_samples_per_second": figure(
+            two, "samples/s", repetitions=repetitions[2], **threads
+        ),
+        "scaling_efficiency": figure(
+            scaling.scaling_efficiency(one, two), "fraction", TARGETS["scaling_efficiency"]
+        ),
+    }
+
+
+def run_precision(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """Step time of our default model under float32, mixed_float16 and mixed_bfloat16, in the same run."""
+    results = {
+        precision: training_speed.measure_our_training(
+            replace(plan.defaults, precision=precision), plan.default_shapes, plan.timing, SEED
+        )
+        for precision in ("float32", "mixed_float16", "mixed_bfloat16")
+    }
+    float32_milliseconds = results["float32"]["step_milliseconds"]
+    figures = {}
+    for precision, result in results.items():
+        batch_size = plan.default_shapes.batch_size
+        figures[f"precision_{precision}_step_milliseconds"] = figure(
+            result["step_milliseconds"],
+            "ms/step",
+            repetitions=[round(1000.0 * batch_size / rate, 1) for rate in result["repetitions"]],
+        )
+        if precision != "float32":
+            figures[f"precision_{precision}_speedup"] = figure(
+                float32_milliseconds / result["step_milliseconds"], "x float32"
+            )
+    return figures
+
+
+def run_parameters(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """GRU vs LSTM parameter counts of our default model (equal units, embedding and vocabulary)."""
+    counts = training_speed.parameter_counts(plan.defaults, plan.default_shapes.vocab_size)
+    gru, lstm = counts["gru"], counts["lstm"]
+    return {
+        "parameters_gru_fewer_recurrent_percent": figure(
+            100.0 * (1 - gru["recurrent"] / lstm["recurrent"]),
+            "% fewer than LSTM",
+            TARGETS["gru_fewer_recurrent_percent"],
+            comparison="~",
+            tolerance=1.0,
+            gru=gru["recurrent"],
+            lstm=lstm["recurrent"],
+        ),
+        "parameters_gru_fewer_total_percent": figure(
+            100.0 * (1 - gru["total"] / lstm["total"]),
+            "% fewer than LSTM",
+            gru=gru["total"],
+            lstm=lstm["total"],
+        ),
+    }
+
+
+def _tokenize_corpus(plan: Plan, options: argparse.Namespace, work_dir: Path) -> Path:
+    if plan.quick:
+        return tokenize_speed.write_synthetic_corpus(work_dir / "synthetic", plan.synthetic_records, SEED)
+    if options.corpus is not None:
+        return options.corpus
+    if (REPO_ROOT / "data" / "ingested").is_dir():
+        return REPO_ROOT / "data" / "ingested"
+    return tokenize_speed.ingest_default_corpus(options.params, work_dir / "ingest")
+
+
+def run_tokenize(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """The tokenize stage on the corpus, then on copies with each line repeated ``factor`` times."""
+    with tempfile.TemporaryDirectory(prefix="benchmark-tokenize-") as directory:
+        work_dir = Path(directory)
+        corpus = _tokenize_corpus(plan, options, work_dir)
+        params_path = tokenize_speed.write_tokenize_params(plan.tokenize, work_dir / "params.yaml")
+        measured = {1: _measure_copy(corpus, 1, params_path, work_dir)}
+        for factor in plan.replication_factors:
+            measured[factor] = _measure_copy(corpus, factor, params_path, work_dir)
+    figures = {}
+    for factor, result in measured.items():
+        prefix = "tokenize" if factor == 1 else f"tokenize_{factor}x"
+        figures[f"{prefix}_megabytes_per_second"] = figure(
+            result["megabytes_per_second"], "MB/s", **_tokenize_details(result)
+        )
+        figures[f"{prefix}_peak_rss_megabytes"] = figure(result["peak_rss_megabytes"], "MB")
+    factors = list(measured)
+    for smaller, larger in zip(factors, factors[1:], strict=False):
+        ratio = measured[larger]["peak_rss_megabytes"] / measured[smaller]["peak_rss_megabytes"]
+        figures[f"tokenize_peak_rss_ratio_{larger}x_over_{smaller}x"] = figure(
+            ratio, f"x (RSS {larger}x / {smaller}x)", TARGETS["tokenize_rss_ratio"], "<="
+        )
+    return figures
+
+
+def _measure_copy(corpus: Path, factor: int, params_path: Path, work_dir: Path) -> dict[str, Any]:
+    """Tokenize ``corpus`` (factor 1) or a copy with each line repeated ``factor`` times (then deleted)."""
+    run_dir = work_dir / f"run-{factor}x"
+    run_dir.mkdir()
+    source = corpus if factor == 1 else tokenize_speed.replicate_corpus(corpus, run_dir / "ingested", factor)
+    try:
+        return tokenize_speed.measure_tokenize(source, params_path, run_dir)
+    finally:
+        shutil.rmtree(run_dir)
+
+
+def _tokenize_details(result: dict[str, Any]) -> dict[str, Any]:
+    names = (
+        "input_megabytes",
+        "examples",
+        "wall_seconds",
+        "megabytes_per_cpu_second",
+        "encode_megabytes_per_second",
+        "tokenizer_seconds",
+        "encode_seconds",
+    )
+    return {name: round(result[name], 3) for name in names}
+
+
+RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
+    "training": run_training,
+    "decoding": run_decoding,
+    "scaling": run_scaling,
+    "precision": run_precision,
+    "parameters": run_parameters,
+    "tokenize": run_tokenize,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _format_number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3g}"
+
+
+def _format_target(result: dict[str, Any]) -> str:
+    if result.get("target") is None:
+        return "—"
+    if result["comparison"] == "~":
+        return f"≈ {_format_number(result['target'])} ± {_format_number(result['tolerance'])}"
+    return f"{result['comparison']} {_format_number(result['target'])}"
+
+
+def figure_keys(results: dict[str, Any]) -> list[str]:
+    """Figure keys in group order (GROUPS), each group's figures in the order it produced them."""
+    groups = results.get("groups", {})
+    return [key for group in GROUPS if group in groups for key in groups[group]["figures"]]
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The figures as a Markdown table: figure, value, unit, target, met."""
+    lines = ["| figure | value | unit | target | met |", "|---|---:|---|---|---|"]
+    for key in figure_keys(results):
+        result = results[key]
+        met = {True: "yes", False: "**no**", None: ""}[result["met"]]
+        value = _format_number(result["value"])
+        lines.append(f"| {key} | {value} | {result['unit']} | {_format_target(result)} | {met} |")
+    return "\n".join(lines)
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    machine, found = results["machine"], results["versions"]
+    return (
+        f"{machine['cpu_model']}, {machine['cores']} cores ({', '.join(machine['cpu_flags'])}); "
+        + ", ".join(f"{name} {version}" for name, version in found.items())
+    )
+
+
+def output_path(out_dir: Path, quick: bool) -> Path:
+    return out_dir / ("results-quick.json" if quick else "results.json")
+
+
+def merged_results(path: Path, keep_previous: bool) -> dict[str, Any]:
+    """The figures of an earlier run at ``path`` to update (``--only``), or a fresh mapping."""
+    if keep_previous and path.is_file():
+        return read_json(path)
+    return {"groups": {}}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Measure training, decoding, scaling, precision, parameter counts and tokenize "
+        "throughput; print a Markdown table and write the results JSON.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes (seconds, not minutes); for the smoke test"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=GROUPS, metavar="GROUP", help=f"run only these: {', '.join(GROUPS)}"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="results directory"
+    )
+    parser.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="params file")
+    parser.add_argument(CHILD_FLAG, dest="in_process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--table", action="store_true", help="print the Markdown table of the existing results file and exit"
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="an ingested directory for the tokenize group "
+        "(default: data/ingested, else the ingest stage is run into a temporary directory)",
+    )
+    return parser.parse_args(argv)
+
+
+def print_table(path: Path) -> int:
+    if not path.is_file():
+        print(f"benchmarks: error: {path}: no results yet; run python -m benchmarks.run", file=sys.stderr)
+        return 1
+    results = read_json(path)
+    print(machine_line(results))
+    print(markdown_table(results))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_arguments(argv)
+    try:
+        params = load_params(options.params)
+    except ConfigError as error:
+        print(f"benchmarks: error: {error}", file=sys.stderr)
+        return 2
+    plan = quick_plan(params) if options.quick else full_plan(params)
+    groups = options.only or list(GROUPS)
+    path = output_path(options.out, plan.quick)
+    if options.table:
+        return print_table(path)
+    if options.in_process:
+        return measure_groups(plan, options, groups, path)
+    results = merged_results(path, keep_previous=options.only is not None)
+    results.update(machine=common.machine_info(), versions=common.versions())
+    results["run"] = {
+        "command": shlex.join(["python", "-m", "benchmarks.run", *_arguments(argv)]),
+        "quick": plan.quick,
+    }
+    print(machine_line(results), flush=True)
+    write_json(path, results)
+    for group in groups:
+        status = measure_group_in_child(group, options)
+        if status != 0:
+            print(f"benchmarks: error: the {group} group failed (exit status {status})", file=sys.stderr)
+            return status
+    results = read_json(path)
+    print(markdown_table(results))
+    print(f"benchmarks: results written to {path}", file=sys.stderr)
+    return 0
+
+
+def _arguments(argv: list[str] | None) -> list[str]:
+    return list(argv if argv is not None else sys.argv[1:])
+
+
+def measure_group_in_child(group: str, options: argparse.Namespace) -> int:
+    """Measure one group in a fresh Python process: no group inherits another's TensorFlow state."""
+    command = [sys.executable, "-m", "benchmarks.run", CHILD_FLAG, "--only", group, "--out", str(options.out)]
+    command += ["--params", str(options.params)] + (["--quick"] if options.quick else [])
+    if options.corpus is not None:
+        command += ["--corpus", str(options.corpus)]
+    return subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+
+
+def measure_groups(plan: Plan, options: argparse.Namespace, groups: list[str], path: Path) -> int:
+    """Measure ``groups`` in this process, adding their figures to the results file after each."""
+    for group in groups:
+        started = time.perf_counter()
+        print(f"benchmarks: {group} ...", file=sys.stderr, flush=True)
+        figures = RUNNERS[group](plan, options)
+        results = merged_results(path, keep_previous=True)
+        results.update(figures)
+        results["groups"][group] = {
+            "figures": list(figures),
+            "seconds": round(time.perf_counter() - started, 1),
+            "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "load_average_1min_after": round(os.getloadavg()[0], 2),
+        }
+        write_json(path, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

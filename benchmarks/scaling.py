@@ -1,0 +1,97 @@
+"""Horovod scaling: samples/s of ``benchmarks.horovod_worker`` with 1 and with 2 workers on this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Shapes
+from benchmarks.training_speed import Timing
+from summarizer.config import TrainConfig
+from summarizer.io import read_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SINGLE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+class ScalingError(RuntimeError):
+    """horovodrun failed; the message holds its command and output."""
+
+
+def worker_environment() -> dict[str, str]:
+    """The venv's horovodrun and python first on PATH, this repository importable, one thread per worker."""
+    venv_bin = str(Path(sys.executable).parent)
+    environment = {
+        **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **SINGLE_THREAD,
+    }
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    return environment
+
+
+def horovodrun_command(workers: int, config: TrainConfig, settings: dict[str, Any], out: Path) -> list[str]:
+    """The train stage's launcher line (dvc.yaml), with the benchmark worker instead of pipeline.train."""
+    return [
+        str(Path(sys.executable).parent / "horovodrun"),
+        "--gloo",
+        "-np",
+        str(workers),
+        "-H",
+        f"localhost:{workers}",
+        "--fusion-threshold-mb",
+        str(config.horovod.fusion_threshold_mb),
+        "--cycle-time-ms",
+        str(config.horovod.cycle_time_ms),
+        sys.executable,
+        "-m",
+        "benchmarks.horovod_worker",
+        "--settings",
+        json.dumps(settings),
+        "--out",
+        str(out),
+    ]
+
+
+def run_workers(
+    workers: int, config: TrainConfig, shapes: Shapes, timing: Timing, timeout: float
+) -> dict[str, Any]:
+    """Start ``workers`` ranks with horovodrun and return the chief's figures.
+
+    Raises:
+        ScalingError: horovodrun exited non-zero or wrote no result.
+    """
+    train = {
+        field.name: getattr(config, field.name)
+        for field in dataclasses.fields(config)
+        if field.name != "horovod"
+    }
+    settings = {"train": train, "shapes": dataclasses.asdict(shapes), "timing": dataclasses.asdict(timing)}
+    with tempfile.TemporaryDirectory(prefix="benchmark-horovod-") as directory:
+        out = Path(directory) / "result.json"
+        command = horovodrun_command(workers, config, settings, out)
+        result = subprocess.run(
+            command, cwd=REPO_ROOT, env=worker_environment(), capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0 or not out.is_file():
+            raise ScalingError(
+                f"{' '.join(command[:8])} ... exited {result.returncode}:\n{result.stdout[-3000:]}\n"
+                f"{result.stderr[-3000:]}"
+            )
+        return read_json(out)
+
+
+def scaling_efficiency(one_worker_rate: float, two_worker_rate: float) -> float:
+    """(2-worker rate) / (2 x 1-worker rate): 1.0 is perfect linear scaling."""
+    return two_worker_rate / (2.0 * one_worker_rate)
+
+
+__all__ = ["ScalingError", "horovodrun_command", "run_workers", "scaling_efficiency", "worker_environment"]
