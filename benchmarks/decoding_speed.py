@@ -3,9 +3,8 @@
 Random weights emit EOS at random steps, which would flatter whichever system stops first; so every system
 generates exactly ``max_length`` tokens (``min_length = max_length``: EOS is banned until then).
 
-Ours decodes the way ``summarizer.inference.SummarizerPipeline`` does: ``model.encode`` and the
-``summarizer.decoding`` search in ONE ``tf.function`` per fixed batch shape ``(batch_size, source_length)``;
-only text normalization and sentencepiece (not model work) are left out, as the inputs are random ids.
+Ours is ``summarizer.inference.SummarizerPipeline.decoder``, the traced search ``summarize`` and the evaluate
+stage run; only text normalization and sentencepiece (not model work) are left out, as the inputs are ids.
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ import tensorflow as tf
 from benchmarks import classic
 from benchmarks.common import Shapes, summary_of, synthetic_batch, timed_rates
 from summarizer.config import EvaluateConfig
-from summarizer.decoding import DecodeResult, beam_search, greedy_search, tile_beams
-from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
+from summarizer.inference import ModelSettings, SummarizerPipeline
 
 
 def forced_length(decoding: EvaluateConfig, length: int) -> EvaluateConfig:
@@ -35,41 +33,13 @@ def source_texts(shapes: Shapes, count: int, seed: int) -> np.ndarray:
     return synthetic_batch(replace(shapes, batch_size=count), rng)["source_ids"]
 
 
-def _search(model: keras.Model, decoding: EvaluateConfig, source_ids: tf.Tensor) -> DecodeResult:
-    context, state = model.encode(source_ids)
-    settings = {
-        "bos_id": BOS_ID,
-        "eos_id": EOS_ID,
-        "pad_id": PAD_ID,
-        "max_length": decoding.max_length,
-        "min_length": decoding.min_length,
-        "no_repeat_ngram_size": decoding.no_repeat_ngram_size,
-    }
-    batch_size = source_ids.shape[0]
-    if decoding.search == "greedy":
-        return greedy_search(
-            lambda ids, step_state: model.decode_step(ids, step_state, context), state, batch_size, **settings
-        )
-    tiled_context = tile_beams(context, decoding.beam_width)
-    return beam_search(
-        lambda ids, step_state: model.decode_step(ids, step_state, tiled_context),
-        tile_beams(state, decoding.beam_width),
-        batch_size,
-        beam_width=decoding.beam_width,
-        length_penalty=decoding.length_penalty,
-        **settings,
-    )
-
-
 def our_decoder(model: keras.Model, decoding: EvaluateConfig, source_length: int):
-    """A ``tf.function`` from source ids (batch_size, source_length) to the decoded ids and lengths."""
-    signature = [tf.TensorSpec((decoding.batch_size, source_length), tf.int32)]
+    """``SummarizerPipeline.decoder``: source ids (batch_size, source_length) -> generated ids and lengths.
 
-    def decode(source_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        result = _search(model, decoding, source_ids)
-        return result.ids, result.lengths
-
-    return tf.function(decode, input_signature=signature, autograph=False)
+    Ids in, ids out: the pipeline's tokenizer is never used on this path, so none is given.
+    """
+    settings = ModelSettings(max_source_tokens=source_length, max_target_tokens=decoding.max_length)
+    return SummarizerPipeline(model, None, settings, decoding).decoder(decoding.batch_size)
 
 
 def measure_our_decoding(

@@ -179,7 +179,7 @@ def test_beam_summaries_are_never_empty_and_respect_the_lengths(
 ) -> None:
     beam = greedy.with_decoding({"search": "beam", "beam_width": 3, "max_length": 6, "min_length": 2})
     summaries = beam.summarize(texts)
-    ids, lengths = beam._decoder(len(texts))(tf.constant(beam._padded(beam.source_ids(texts), len(texts))))
+    ids, lengths = beam.decoder(len(texts))(tf.constant(beam._padded(beam.source_ids(texts), len(texts))))
     assert all(2 <= length <= 6 for length in lengths.numpy())
     assert summaries == [
         beam.summary_of_ids(row[:length], text)

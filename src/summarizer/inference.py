@@ -245,7 +245,8 @@ class SummarizerPipeline:
             )
         return result.ids, result.lengths
 
-    def _decoder(self, batch_size: int) -> tf.types.experimental.PolymorphicFunction:
+    def decoder(self, batch_size: int) -> tf.types.experimental.PolymorphicFunction:
+        """The traced search: source ids (batch_size, max_source_tokens) -> (ids, lengths); one per size."""
         if batch_size not in self._decoders:
             signature = [tf.TensorSpec((batch_size, self.settings.max_source_tokens), tf.int32)]
             self._decoders[batch_size] = tf.function(self._search, input_signature=signature, autograph=False)
@@ -276,7 +277,7 @@ class SummarizerPipeline:
         texts = list(texts)
         rows = self.source_ids(texts)
         size = max(1, min(batch_size or self.decoding.batch_size, len(texts)))
-        decoder = self._decoder(size)
+        decoder = self.decoder(size)
         for start in range(0, len(texts), size):
             chunk = rows[start : start + size]
             ids, lengths = decoder(tf.constant(self._padded(chunk, size)))
