@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_a_missing_section_or_key_takes_its_default() -> None:
     ],
 )
 def test_a_bad_value_fails_naming_its_key(values: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         params_from_dict(values)
 
 
