@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up the summarizer environment: a virtualenv with pinned dependencies and Horovod 0.28.1
-# built from its sdist (with the TF 2.21 build fix), the built wheel cached outside the repo.
+# built from its sdist (with the TF 2.21 build fix) with Gloo and MPI, the built wheel cached outside the repo.
+# MPI comes from Debian's OpenMPI (libopenmpi-dev, openmpi-bin): installed here when missing and run as root.
 #
 # Usage: scripts/setup.sh [--gpu] [--venv DIR]
-#   --gpu       GPU build (needs nvcc, mpicxx, nccl.h): tensorflow[and-cuda], Horovod with NCCL and MPI (Dockerfile.gpu)
+#   --gpu       GPU build (needs nvcc, nccl.h): tensorflow[and-cuda], Horovod with NCCL as well (Dockerfile.gpu)
 #   --venv DIR  where to create the virtualenv (default: .venv in the repo)
 # Environment: SUMMARIZER_CACHE (default ~/.cache/summarizer) holds the Horovod sdist and wheels.
 # Idempotent: a second run reuses the virtualenv and the cached wheel and only checks.
@@ -62,8 +63,24 @@ check_prerequisites() {
   "$PYTHON_BIN" -c 'import venv, ensurepip' 2>/dev/null || die "$PYTHON_BIN lacks venv/ensurepip. On Debian/Ubuntu: apt-get install python$PYTHON_MINOR-venv"
   command -v g++ >/dev/null || die "g++ not found; Horovod compiles C++. On Debian/Ubuntu: apt-get install g++"
   command -v cmake >/dev/null || die "cmake not found; Horovod's build needs it. On Debian/Ubuntu: apt-get install cmake"
-  echo "python: $PYTHON_BIN; $(g++ --version | head -1); $(cmake --version | head -1)"
+  check_mpi
+  echo "python: $PYTHON_BIN; $(g++ --version | head -1); $(cmake --version | head -1); $(mpirun --version | head -1)"
   if [ "$VARIANT" = gpu ]; then check_gpu_prerequisites; fi
+}
+
+# Horovod is built with MPI on every variant: the MPIJob launcher (deploy/mpijob.yaml) runs mpirun.
+check_mpi() {
+  if ! command -v mpicxx >/dev/null || ! command -v mpirun >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "installing Debian's OpenMPI (libopenmpi-dev openmpi-bin): Horovod's MPI controller builds against it"
+      (export DEBIAN_FRONTEND=noninteractive
+       apt-get install --yes --quiet --no-install-recommends libopenmpi-dev openmpi-bin >/dev/null 2>&1 ||
+         { apt-get update --quiet >/dev/null && apt-get install --yes --quiet --no-install-recommends libopenmpi-dev openmpi-bin >/dev/null; }) ||
+        die "installing libopenmpi-dev openmpi-bin failed"
+    else
+      die "mpicxx/mpirun not found; Horovod is built with MPI. On Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin"
+    fi
+  fi
 }
 
 find_nvcc() {
@@ -85,8 +102,6 @@ check_gpu_prerequisites() {
   step "Checking GPU build prerequisites (nvcc, MPI, NCCL headers)"
   local nvcc_bin nccl_header
   nvcc_bin=$(find_nvcc) || die "nvcc not found on PATH or in ${HOROVOD_CUDA_HOME:-/usr/local/cuda}/bin; Horovod's NCCL operations compile CUDA kernels. Use a CUDA -devel image (Dockerfile.gpu does) or install the CUDA toolkit, or set HOROVOD_CUDA_HOME"
-  command -v mpicxx >/dev/null || die "mpicxx not found; the GPU build includes MPI. On Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin"
-  command -v mpirun >/dev/null || die "mpirun not found; horovodrun launches MPI jobs with it. On Debian/Ubuntu: apt-get install openmpi-bin"
   nccl_header=$(find_nccl_header) || die "nccl.h not found (looked in \$HOROVOD_NCCL_INCLUDE, \$HOROVOD_NCCL_HOME/include, the CUDA include directory, /usr/include, /usr/local/include). CUDA -devel images ship it; otherwise install libnccl-dev from NVIDIA's CUDA repository or set HOROVOD_NCCL_HOME"
   echo "nvcc: $nvcc_bin ($("$nvcc_bin" --version | grep -o 'release [0-9.]*')); mpicxx: $(command -v mpicxx); nccl.h: $nccl_header"
 }
@@ -115,11 +130,10 @@ install_requirements() {
 }
 
 horovod_build_env() {
-  export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+  export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
   if [ "$VARIANT" = gpu ]; then
-    export HOROVOD_WITH_MPI=1 HOROVOD_GPU_OPERATIONS=NCCL
+    export HOROVOD_GPU_OPERATIONS=NCCL
   else
-    export HOROVOD_WITHOUT_MPI=1
     unset HOROVOD_GPU_OPERATIONS
   fi
   MAKEFLAGS="-j$(nproc)"
@@ -148,7 +162,7 @@ build_horovod_wheel() {
   fi
   tar -xzf "$CACHE_DIR/sdist/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   patch_horovod_source "$work/horovod-$HOROVOD_VERSION"
-  step "Building Horovod $HOROVOD_VERSION ($VARIANT: TensorFlow + Gloo$([ "$VARIANT" = gpu ] && echo ' + MPI + NCCL')); this takes a few minutes"
+  step "Building Horovod $HOROVOD_VERSION ($VARIANT: TensorFlow + Gloo + MPI$([ "$VARIANT" = gpu ] && echo ' + NCCL')); this takes a few minutes"
   horovod_build_env
   (cd "$work/horovod-$HOROVOD_VERSION" &&
      "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$work/dist" . > "$work/build.log" 2>&1) ||
@@ -158,7 +172,7 @@ build_horovod_wheel() {
 }
 
 install_horovod() {
-  local wheel_dir="$CACHE_DIR/wheels/horovod-$HOROVOD_VERSION-$VARIANT-tf$TF_VERSION-py$PYTHON_MINOR"
+  local wheel_dir="$CACHE_DIR/wheels/horovod-$HOROVOD_VERSION-$VARIANT-mpi-tf$TF_VERSION-py$PYTHON_MINOR"
   if "$VENV_DIR/bin/python" -c "import horovod, horovod.tensorflow" 2>/dev/null &&
      [ "$("$VENV_DIR/bin/python" -c 'import horovod; print(horovod.__version__)')" = "$HOROVOD_VERSION" ]; then
     step "Horovod $HOROVOD_VERSION already installed"
@@ -184,9 +198,9 @@ check_horovod_build() {
   echo "$report"
   grep -q '\[X\] TensorFlow' <<<"$report" || die "Horovod was built without TensorFlow support"
   grep -q '\[X\] Gloo' <<<"$report" || die "Horovod was built without Gloo support"
+  grep -q '\[X\] MPI' <<<"$report" || die "Horovod was built without MPI support (check mpicxx above)"
   if [ "$VARIANT" = gpu ]; then
     grep -q '\[X\] NCCL' <<<"$report" || die "Horovod was built without NCCL support (check nvcc and nccl.h above)"
-    grep -q '\[X\] MPI' <<<"$report" || die "Horovod was built without MPI support (check mpicxx above)"
   fi
 }
 
