@@ -19,7 +19,8 @@ import tensorflow as tf
 from benchmarks import classic
 from benchmarks.common import Shapes, summary_of, synthetic_batch, timed_rates
 from summarizer.config import EvaluateConfig
-from summarizer.inference import ModelSettings, SummarizerPipeline
+from summarizer.inference import SummarizerPipeline
+from summarizer.model_directory import ModelSettings
 
 
 def forced_length(decoding: EvaluateConfig, length: int) -> EvaluateConfig:

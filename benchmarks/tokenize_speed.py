@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 
 from summarizer.config import TokenizeConfig
+from summarizer.ingested import SPLITS
 from summarizer.io import atomic_write_text, read_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIME_COMMAND = "/usr/bin/time"
-SPLITS = ("train", "val", "test")
 _SYLLABLES = ("ka", "lo", "mi", "ne", "pu", "ra", "si", "to", "vu", "ze", "bar", "dex", "fin", "gor", "hul")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from summarizer import checkpoints, training
 from summarizer.config import TrainConfig
-from tests.test_training import _batch, _tiny_trainer
+from tests.helpers import tiny_batch, tiny_trainer
 from tests.workers.tiny_data import tiny_train_params, write_params
 
 
@@ -35,8 +35,8 @@ def test_checkpoint_directory_depends_on_train_params_and_data(tmp_path: Path) -
 
 def test_checkpoint_round_trip_restores_weights_optimizer_state_and_random_state(tmp_path: Path) -> None:
     config = TrainConfig(units=8, embedding_dim=4, dropout=0.0)
-    trainer = _tiny_trainer(config)
-    trainer.train_step(_batch(), 0.01)
+    trainer = tiny_trainer(config)
+    trainer.train_step(tiny_batch(), 0.01)
     state = training.TrainingState(
         epoch=2, step=7, best_val_loss=1.25, lr_scale=0.5, run_id="abc", history=[{"x": 1}]
     )
@@ -46,7 +46,7 @@ def test_checkpoint_round_trip_restores_weights_optimizer_state_and_random_state
     checkpoints.save_checkpoint(tmp_path / "checkpoint", trainer.variables, dataclasses.asdict(state), best)
     expected_next = (random.random(), float(np.random.rand()))
 
-    restored_trainer = _tiny_trainer(config)
+    restored_trainer = tiny_trainer(config)
     saved, restored_best = checkpoints.load_checkpoint(tmp_path / "checkpoint", restored_trainer.variables)
 
     assert training.TrainingState(**saved) == state
@@ -59,7 +59,7 @@ def test_checkpoint_round_trip_restores_weights_optimizer_state_and_random_state
 
 
 def test_a_checkpoint_of_another_model_is_refused_naming_the_directory(tmp_path: Path) -> None:
-    small = _tiny_trainer(TrainConfig(units=8, embedding_dim=4))
+    small = tiny_trainer(TrainConfig(units=8, embedding_dim=4))
     checkpoints.save_checkpoint(tmp_path / "checkpoint", small.variables[:3], {}, [])
     with pytest.raises(ValueError, match=r"holds 3 variables.*delete .*checkpoint to start afresh"):
         checkpoints.load_checkpoint(tmp_path / "checkpoint", small.variables)

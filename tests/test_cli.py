@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from summarizer.cli import compare_main, read_texts, summarize_main
-from summarizer.inference import log_pyfunc_model
+from summarizer.pyfunc import log_pyfunc_model
 from summarizer.tracking import RunTracker
-from tests.test_inference import GREEDY, TinyModel, build_model_directory
+from tests.helpers import GREEDY, TinyModel, build_model_directory
 
 VENV_BIN = Path(sys.executable).parent
 GREEDY_OPTIONS = [

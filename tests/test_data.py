@@ -1,4 +1,4 @@
-"""Ingest library: readers, bad input, normalization, drops, dedupe, grouping and the leak-free split."""
+"""Ingest library: bad input, drops, dedupe, grouping and the leak-free split."""
 
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ from summarizer.data import (
     clean_records,
     count_leaks,
     group_records,
-    normalize_summary,
-    normalize_text,
-    percentiles,
     run_ingest,
     split_of,
 )
@@ -37,18 +34,6 @@ def ingest_config(path: Path | str = "", **overrides: object) -> IngestConfig:
 def read_split(directory: Path, split: str) -> list[dict[str, str]]:
     with (directory / f"{split}.jsonl").open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
-
-
-# Normalization ----------------------------------------------------------------------------------------------
-
-
-def test_normalize_text_applies_nfkc_collapses_whitespace_and_keeps_paragraphs() -> None:
-    raw = "\ufb01le\u00a0 name\t\tＡＢＣ \r\n\r\n   second   paragraph \u2028third\n\n"
-    assert normalize_text(raw) == "file name ABC\nsecond paragraph\nthird"
-
-
-def test_normalize_summary_is_one_line() -> None:
-    assert normalize_summary("  a\n b\u00a0\u00a0c\r\n") == "a b c"
 
 
 def test_missing_file_fails_before_any_output_is_created(tmp_path: Path) -> None:
@@ -202,12 +187,6 @@ def test_count_leaks_counts_val_and_test_records_whose_first_20_words_appear_in_
     ]
 
     assert count_leaks(records, ["train", "val", "val", "test"]) == {"val": 1, "test": 1}
-
-
-def test_percentiles_use_nearest_rank() -> None:
-    assert percentiles(list(range(100, 0, -1))) == {"p50": 50, "p90": 90, "p99": 99}
-    assert percentiles([7]) == {"p50": 7, "p90": 7, "p99": 7}
-    assert percentiles([]) == {"p50": 0, "p90": 0, "p99": 0}
 
 
 # The whole stage --------------------------------------------------------------------------------------------

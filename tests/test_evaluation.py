@@ -20,15 +20,15 @@ from summarizer.evaluation import (
     build_metrics,
     examples_markdown,
     mlflow_metrics,
-    read_run_info,
     read_test_examples,
     rouge_by_length,
     run_evaluation,
     summary_text,
 )
 from summarizer.inference import SummarizerPipeline
-from summarizer.tracking import RunTracker, TrackingError
-from tests.test_inference import TOKENIZE, TRAIN, TinyModel, build_model_directory
+from summarizer.text import first_words
+from summarizer.tracking import TrackingError
+from tests.helpers import TOKENIZE, TRAIN, TinyModel, build_model_directory, training_run
 
 EVALUATE = EvaluateConfig(
     search="beam",
@@ -66,16 +66,6 @@ class Evaluated:
     run_id: str
     values: dict
     outputs: Path
-
-
-def training_run(uri: str) -> str:
-    """A run like the train stage leaves it: created, given params, ended FINISHED."""
-    tracker = RunTracker(uri)
-    run_id = tracker.start("summarizer", "gru-float32-1w")
-    tracker.log_params({"train.cell": "gru"})
-    tracker.log_metrics({"val_loss": 4.0}, step=1)
-    tracker.end("FINISHED")
-    return run_id
 
 
 def params_for(uri: str, evaluate: EvaluateConfig = EVALUATE) -> Params:
@@ -184,24 +174,13 @@ def test_malformed_test_split_names_file_line_and_field(tmp_path: Path) -> None:
     path.write_text(
         '{"id": "a", "text": "t", "summary": "s"}\n\n{"id": "b", "text": "t"}\n', encoding="utf-8"
     )
-    with pytest.raises(ValueError, match=r"test.jsonl:3: field 'summary'"):
+    with pytest.raises(ValueError, match=r"test.jsonl: line 3: field 'summary'"):
         read_test_examples(path)
     path.write_text("\n", encoding="utf-8")
     with pytest.raises(ValueError, match="test split is empty"):
         read_test_examples(path)
     with pytest.raises(FileNotFoundError, match="run the ingest stage"):
         read_test_examples(tmp_path / "absent.jsonl")
-
-
-def test_run_json_errors_name_the_field(tmp_path: Path) -> None:
-    (tmp_path / "run.json").write_text('{"run_id": "", "experiment": "summarizer"}', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"run.json: field 'run_id'"):
-        read_run_info(tmp_path)
-    with pytest.raises(FileNotFoundError, match="run.json: not found"):
-        read_run_info(tmp_path / "absent")
-
-
-# The whole evaluation on a tiny model --------------------------------------------------------------------
 
 
 def test_metrics_file_has_every_key(evaluated: Evaluated) -> None:
@@ -238,7 +217,7 @@ def test_lead_baselines_match_rouge_computed_directly(evaluated: Evaluated) -> N
     lead = evaluated.values["lead"]
     by_words = {}
     for words in EVALUATE.lead_words:
-        scores = metrics.rouge([metrics.lead_baseline(text, words) for text in texts], list(references))
+        scores = metrics.rouge([first_words(text, words) for text in texts], list(references))
         by_words[words] = scores
         assert lead["rougeL_by_words"][str(words)] == round(100 * scores["rougeL"], 2)
     best = by_words[lead["best_words"]]
@@ -247,7 +226,7 @@ def test_lead_baselines_match_rouge_computed_directly(evaluated: Evaluated) -> N
     ]
     assert evaluated.values["beats_lead_rougeL"] == round(evaluated.values["rougeL"] - lead["rougeL"], 2)
     assert [record["lead"] for record in read_predictions(evaluated)] == [
-        metrics.lead_baseline(text, lead["best_words"]) for text in texts
+        first_words(text, lead["best_words"]) for text in texts
     ]
 
 

@@ -1,88 +1,20 @@
-"""Inference: a model directory -> summaries (greedy and beam), teacher-forced scores, the pyfunc model.
+"""Inference: a model directory -> summaries (greedy and beam) and teacher-forced scores.
 
-:func:`build_model_directory` writes a complete, tiny model directory the way the pipeline does (the real
-tokenize stage code, ``build_model``, ``training.write_model_directory``); test_evaluation and test_cli
-use it.
-The model is seeded and untrained: the tests compare decoding paths with each other, not with references.
+The tiny model directory comes from :func:`tests.helpers.build_model_directory`. The model is seeded and
+untrained: the tests compare decoding paths with each other, not with references.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import keras
-import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 
-from summarizer.config import ConfigError, EvaluateConfig, Params, TokenizeConfig, TrainConfig
+from summarizer.config import ConfigError, EvaluateConfig
 from summarizer.decoding import greedy_search
-from summarizer.inference import (
-    ModelDirectoryError,
-    SummarizerPipeline,
-    check_model_directory,
-    log_pyfunc_model,
-    pip_requirements,
-)
-from summarizer.model import build_model
-from summarizer.records import run_tokenize
-from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from summarizer.tracking import RunTracker
-from summarizer.training import inference_config, write_model_directory
-from tests.conftest import make_pairs
-
-TOKENIZE = TokenizeConfig(
-    vocab_size=150, max_source_tokens=40, max_target_tokens=10, num_shards=2, input_sentence_size=1000
-)
-TRAIN = TrainConfig(units=16, embedding_dim=16, dropout=0.0, seed=7)
-GREEDY = {"search": "greedy", "max_length": 10, "min_length": 1, "no_repeat_ngram_size": 0, "batch_size": 4}
-SPLIT_SIZES = {"train": 120, "val": 8, "test": 10}
-
-
-@dataclasses.dataclass(frozen=True)
-class TinyModel:
-    model_dir: Path
-    data_dir: Path  # tokenized: spm.model and {split}-NNNNN-of-00002.tfrecord
-    ingested_dir: Path  # {train,val,test}.jsonl
-
-    def test_pairs(self) -> list[tuple[str, str]]:
-        lines = (self.ingested_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()
-        return [(record["text"], record["summary"]) for record in map(json.loads, lines)]
-
-
-def write_split(path: Path, pairs: list[tuple[str, str]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for index, (text, summary) in enumerate(pairs):
-            record = {
-                "id": f"{path.stem}-{index}",
-                "text": text,
-                "summary": summary,
-                "group": f"{path.stem}{index}",
-            }
-            handle.write(json.dumps(record) + "\n")
-
-
-def build_model_directory(root: Path, run: dict | None = None) -> TinyModel:
-    """Ingested splits, tokenized shards and a seeded untrained model directory under ``root``."""
-    ingested, tokenized = root / "ingested", root / "tokenized"
-    ingested.mkdir(parents=True)
-    tokenized.mkdir()
-    for seed, (split, count) in enumerate(SPLIT_SIZES.items()):
-        write_split(ingested / f"{split}.jsonl", make_pairs(count, seed=seed))
-    run_tokenize(ingested, tokenized, TOKENIZE)
-    params = Params(tokenize=TOKENIZE, train=TRAIN)
-    keras.utils.set_random_seed(TRAIN.seed)
-    model = build_model(TRAIN, Tokenizer.load(tokenized / "spm.model").vocab_size)
-    run = run or {"run_id": "0" * 32, "experiment": "summarizer", "tracking_uri": "sqlite:///unused.db"}
-    write_model_directory(root / "model", model, tokenized, inference_config(params, model), run)
-    return TinyModel(root / "model", tokenized, ingested)
+from summarizer.inference import SummarizerPipeline
+from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
+from tests.helpers import GREEDY, TinyModel, build_model_directory
 
 
 @pytest.fixture(scope="module")
@@ -98,25 +30,6 @@ def greedy(tiny: TinyModel) -> SummarizerPipeline:
 @pytest.fixture(scope="module")
 def texts(tiny: TinyModel) -> list[str]:
     return [text for text, _ in tiny.test_pairs()]
-
-
-def test_incomplete_model_directory_names_the_missing_files(tmp_path: Path) -> None:
-    (tmp_path / "spm.model").write_bytes(b"")
-    with pytest.raises(ModelDirectoryError, match=r"lacks model\.keras, config\.json.*dvc repro train"):
-        check_model_directory(tmp_path)
-    with pytest.raises(ModelDirectoryError, match="does not exist"):
-        SummarizerPipeline.load(tmp_path / "absent")
-
-
-def test_malformed_config_json_names_the_field(tiny: TinyModel, tmp_path: Path) -> None:
-    broken = tmp_path / "model"
-    broken.mkdir()
-    for name in ("model.keras", "spm.model"):
-        (broken / name).write_bytes((tiny.model_dir / name).read_bytes())
-    config = json.loads((tiny.model_dir / "config.json").read_text())
-    (broken / "config.json").write_text(json.dumps({**config, "max_source_tokens": "40"}))
-    with pytest.raises(ModelDirectoryError, match=r"config\.json: field 'max_source_tokens'"):
-        SummarizerPipeline.load(broken)
 
 
 def test_bad_decoding_setting_names_the_evaluate_key(tiny: TinyModel) -> None:
@@ -223,59 +136,6 @@ def test_score_equals_the_models_own_target_log_probs(greedy: SummarizerPipeline
     assert tokens == expected_tokens
     assert total_nll == pytest.approx(expected_nll, rel=1e-4)
     assert total_nll / tokens > 1.0  # an untrained model is far from certain
-
-
-def test_pip_requirements_pin_the_installed_stack() -> None:
-    requirements = pip_requirements()
-    assert any(requirement.startswith(("tensorflow-cpu==", "tensorflow==")) for requirement in requirements)
-    assert f"keras=={keras.__version__}" in requirements
-    assert f"mlflow=={mlflow.__version__}" in requirements
-
-
-@pytest.mark.slow
-def test_pyfunc_model_summarizes_like_the_pipeline(tiny: TinyModel, texts: list[str], tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = RunTracker(uri)
-    run_id = tracker.start("summarizer", "pyfunc-test")
-    previous_uri = mlflow.get_tracking_uri()
-
-    model_uri = log_pyfunc_model(tracker, tiny.model_dir, GREEDY)
-
-    assert model_uri == f"runs:/{run_id}/summarizer"
-    assert tracker.client.get_run(run_id).info.status == "RUNNING"  # restored after the fluent run
-    assert mlflow.get_tracking_uri() == previous_uri
-    expected = SummarizerPipeline.load(tiny.model_dir, GREEDY).summarize(texts)
-    mlflow.set_tracking_uri(uri)
-    try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
-    frame = loaded.predict(pd.DataFrame({"text": texts}))
-    assert list(frame.columns) == ["summary"] and frame["summary"].tolist() == expected
-    assert loaded.unwrap_python_model().predict(None, texts[:2]) == expected[:2]
-
-    csv_path = tmp_path / "texts.csv"
-    pd.DataFrame({"text": texts[:3]}).to_csv(csv_path, index=False)
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "models",
-        "predict",
-        "-m",
-        model_uri,
-        "-i",
-        str(csv_path),
-        "-t",
-        "csv",
-        "--env-manager",
-        "local",
-    ]
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    completed = subprocess.run(
-        command, capture_output=True, text=True, env=environment, timeout=600, check=False
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    predictions = json.loads(completed.stdout.strip().splitlines()[-1])["predictions"]
-    assert [row["summary"] for row in predictions] == expected[:3]
 
 
 def test_padding_row_sources_are_real_inputs(greedy: SummarizerPipeline) -> None:

@@ -17,24 +17,16 @@ from summarizer.records import (
     SplitStats,
     list_shards,
     read_dataset,
-    run_tokenize,
+    tokenize_splits,
     write_split,
 )
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, read_pairs, train_tokenizer
 from tests.conftest import make_pairs
-from tests.test_tokenization import write_jsonl
+from tests.helpers import RECORDS_TRAIN_EXAMPLES as TRAIN_EXAMPLES
+from tests.helpers import write_ingested
 
 # Caps near the corpus' median lengths (source ~50, target ~13 pieces), so some examples are cut and some not.
 CONFIG = TokenizeConfig(vocab_size=200, max_source_tokens=50, max_target_tokens=13, num_shards=3)
-TRAIN_EXAMPLES = 160
-
-
-def write_ingested(directory: Path) -> Path:
-    pairs = make_pairs(220)
-    write_jsonl(directory / "train.jsonl", pairs[:TRAIN_EXAMPLES])
-    write_jsonl(directory / "val.jsonl", pairs[TRAIN_EXAMPLES:190])
-    write_jsonl(directory / "test.jsonl", pairs[190:])
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +227,7 @@ def test_list_shards_is_sorted_and_complete(ingested: Path, tokenizer: Tokenizer
 
 
 def test_run_tokenize_writes_model_shards_and_numeric_stats(ingested: Path, tmp_path: Path) -> None:
-    stats = run_tokenize(ingested, tmp_path, CONFIG)
+    stats = tokenize_splits(ingested, tmp_path, CONFIG)
 
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         ["spm.model", "spm.vocab"]
@@ -264,7 +256,7 @@ def test_run_tokenize_names_a_missing_split_before_any_work(tmp_path: Path) -> N
     (ingested / "val.jsonl").unlink()
     (tmp_path / "out").mkdir()
     with pytest.raises(FileNotFoundError, match=r"input split 'val' not found: .*in/val\.jsonl"):
-        run_tokenize(ingested, tmp_path / "out", CONFIG)
+        tokenize_splits(ingested, tmp_path / "out", CONFIG)
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -272,5 +264,5 @@ def test_run_tokenize_names_a_malformed_record(tmp_path: Path) -> None:
     ingested = write_ingested(tmp_path / "in")
     with (ingested / "test.jsonl").open("a", encoding="utf-8") as handle:
         handle.write('{"text": "a package", "summary": 3}\n')
-    with pytest.raises(ValueError, match=r"test\.jsonl:31: field 'summary' must be a string, got 3"):
-        run_tokenize(ingested, tmp_path, CONFIG)
+    with pytest.raises(ValueError, match=r"test\.jsonl: line 31: field 'summary' must be a string, got 3"):
+        tokenize_splits(ingested, tmp_path, CONFIG)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,18 +21,9 @@ from summarizer.tokenization import (
     train_tokenizer,
 )
 from tests.conftest import make_pairs
+from tests.helpers import write_ingested_split
 
 SUMMARY_ONLY_WORD = "ñandú"  # its letters ñ and ú occur in no text
-
-
-def write_jsonl(path: Path, pairs: Sequence[tuple[str, str]]) -> Path:
-    """An ingested split: one {"id", "text", "summary", "group"} object a line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for index, (text, summary) in enumerate(pairs):
-            record = {"id": f"{path.stem}-{index}", "text": text, "summary": summary, "group": f"g{index}"}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
 
 
 def corpus_pairs(count: int = 200) -> list[tuple[str, str]]:
@@ -50,7 +39,7 @@ CONFIG = TokenizeConfig(vocab_size=200, character_coverage=1.0)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tokenizer]:
     directory = tmp_path_factory.mktemp("tokenizer")
-    train = write_jsonl(directory / "train.jsonl", corpus_pairs())
+    train = write_ingested_split(directory / "train.jsonl", corpus_pairs())
     return directory, train_tokenizer(train, directory / "spm", CONFIG)
 
 
@@ -112,7 +101,7 @@ def test_training_again_gives_the_same_model_bytes(trained: tuple[Path, Tokenize
 
 
 def test_too_large_vocabulary_fails_naming_the_largest_size_allowed(tmp_path: Path) -> None:
-    train = write_jsonl(tmp_path / "train.jsonl", make_pairs(60))
+    train = write_ingested_split(tmp_path / "train.jsonl", make_pairs(60))
     with pytest.raises(ValueError, match=r"tokenize\.vocab_size: 5000 is too large .* at most \d+") as raised:
         train_tokenizer(train, tmp_path / "spm", TokenizeConfig(vocab_size=5000))
     largest = int(re.search(r"at most (\d+)", str(raised.value)).group(1))
@@ -123,15 +112,17 @@ def test_too_large_vocabulary_fails_naming_the_largest_size_allowed(tmp_path: Pa
 def test_malformed_records_are_named_by_file_line_and_field(tmp_path: Path) -> None:
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"text": "a b", "summary": "a"}\n{"text": "oops\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: malformed JSON"):
         train_tokenizer(bad_json, tmp_path / "spm", CONFIG)
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"text": "a b"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"missing\.jsonl:1: field 'summary' must be a string, got None"):
+    with pytest.raises(
+        ValueError, match=r"missing\.jsonl: line 1: field 'summary' must be a string, got None"
+    ):
         list(read_pairs(missing))
     empty = tmp_path / "empty.jsonl"
     empty.write_text('\n{"text": "  ", "summary": "b"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"empty\.jsonl:2: field 'text' is empty"):
+    with pytest.raises(ValueError, match=r"empty\.jsonl: line 2: field 'text' is empty"):
         list(read_pairs(empty))
 
 
@@ -144,11 +135,11 @@ def test_training_sample_is_capped_seeded_and_uniform(tmp_path: Path) -> None:
     unterminated = tmp_path / "unterminated.jsonl"
     unterminated.write_bytes(b"a\nb\nc")
     assert count_lines(unterminated) == 3
-    assert count_lines(write_jsonl(tmp_path / "five.jsonl", make_pairs(5))) == 5
+    assert count_lines(write_ingested_split(tmp_path / "five.jsonl", make_pairs(5))) == 5
 
 
 def test_training_uses_at_most_half_input_sentence_size_records(tmp_path: Path, caplog) -> None:
-    train = write_jsonl(tmp_path / "train.jsonl", make_pairs(1500))
+    train = write_ingested_split(tmp_path / "train.jsonl", make_pairs(1500))
     with caplog.at_level("INFO", logger="summarizer.tokenization"):
         train_tokenizer(train, tmp_path / "spm", TokenizeConfig(vocab_size=200, input_sentence_size=1000))
     assert "on 500 records of" in caplog.text

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from summarizer.config import ConfigError, EvaluateConfig, Params, TrackingConfig, load_params
+from summarizer.progress import format_duration
 from summarizer.tracking import (
     RunRecord,
     TrackingError,
@@ -133,7 +134,8 @@ def summarize_main(
     except ConfigError as error:
         parser.error(f"decoding settings: {error}")
     # Imported here so that --help and settings errors answer without loading TensorFlow.
-    from summarizer.inference import ModelDirectoryError, SummarizerPipeline, check_model_directory
+    from summarizer.inference import SummarizerPipeline
+    from summarizer.model_directory import ModelDirectoryError, check_model_directory
 
     try:
         check_model_directory(arguments.model_dir)
@@ -166,13 +168,6 @@ def _number(digits: int) -> Callable[[Any], str]:
     return lambda value: "" if value is None else f"{value:.{digits}f}"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    minutes, whole_seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes // 60:d}:{minutes % 60:02d}:{whole_seconds:02d}"
-
-
 def _workers(run: RunRecord) -> int | None:
     value = run.metrics.get("workers", run.tags.get("workers", run.params.get("train.workers")))
     return None if value in (None, "") else int(float(value))
@@ -202,7 +197,7 @@ COLUMNS = (
     Column("best lead ROUGE-L", _best_lead),
     Column("perplexity", _metric("test_perplexity"), _number(2)),
     Column("samples/s", _metric("samples_per_second"), _number(1)),
-    Column("wall time", _wall_seconds, _duration),
+    Column("wall time", _wall_seconds, format_duration),
     Column("status", lambda run: run.status),
 )
 

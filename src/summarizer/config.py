@@ -70,12 +70,14 @@ class IngestConfig:
                 f"expected an integer >= 1, got {getattr(self, name)}",
             )
         _check(
-            self.min_text_words <= self.max_text_words, f"{key}.max_text_words", "must be >= min_text_words"
+            self.min_text_words <= self.max_text_words,
+            f"{key}.max_text_words",
+            f"must be >= {key}.min_text_words ({self.min_text_words}), got {self.max_text_words}",
         )
         _check(
             self.min_summary_words <= self.max_summary_words,
             f"{key}.max_summary_words",
-            "must be >= min_summary_words",
+            f"must be >= {key}.min_summary_words ({self.min_summary_words}), got {self.max_summary_words}",
         )
         _check(
             self.group_words >= 3, f"{key}.group_words", f"expected an integer >= 3, got {self.group_words}"
@@ -187,7 +189,12 @@ class TrainConfig:
         _check(
             0 < self.min_learning_rate <= self.learning_rate,
             f"{key}.min_learning_rate",
-            "expected 0 < value <= learning_rate",
+            f"expected 0 < value <= {key}.learning_rate ({self.learning_rate}), got {self.min_learning_rate}",
+        )
+        _check(
+            not (self.bidirectional and self.units % 2),
+            f"{key}.units",
+            f"must be even when {key}.bidirectional is true (units // 2 per direction), got {self.units}",
         )
         _check(self.max_wall_minutes > 0, f"{key}.max_wall_minutes", "expected a number of minutes > 0")
         self.horovod.validate(f"{key}.horovod")
@@ -211,7 +218,11 @@ class EvaluateConfig:
         _check(
             self.min_length >= 1, f"{key}.min_length", "expected an integer >= 1 (a summary is never empty)"
         )
-        _check(self.max_length >= self.min_length, f"{key}.max_length", "must be >= min_length")
+        _check(
+            self.max_length >= self.min_length,
+            f"{key}.max_length",
+            f"must be >= {key}.min_length ({self.min_length}), got {self.max_length}",
+        )
         _check(
             self.no_repeat_ngram_size >= 0,
             f"{key}.no_repeat_ngram_size",

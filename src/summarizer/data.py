@@ -7,15 +7,11 @@ two splits.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
-import math
 import re
 import tempfile
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,12 +21,14 @@ from typing import Any
 
 from summarizer import debian
 from summarizer.config import IngestConfig, SplitConfig
+from summarizer.ingested import SPLITS, write_splits
 from summarizer.io import atomic_directory, write_json
 from summarizer.readers import Columns, IngestError, SourceRecord, read_records, resolve_format
+from summarizer.stats import length_percentiles
+from summarizer.text import normalize_summary, normalize_text
 
 LOG = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 DROP_REASONS = ("empty_text", "empty_summary", "short_text", "long_text", "short_summary", "long_summary")
 LEAKAGE_WORDS = 20
 SNAPSHOT_NAME = "Translation-en.txt"
@@ -53,26 +51,12 @@ class Grouping:
     boilerplate_keys: int  # keys shared by more than max_group_key_records records, not used
 
 
-# Normalization ---------------------------------------------------------------------------------------------
-
-
-def normalize_text(text: str) -> str:
-    """NFKC, whitespace collapsed within lines; line breaks kept as paragraph breaks, blank lines dropped."""
-    lines = (" ".join(line.split()) for line in unicodedata.normalize("NFKC", text).splitlines())
-    return "\n".join(line for line in lines if line)
-
-
-def normalize_summary(summary: str) -> str:
-    """NFKC and all whitespace, line breaks included, collapsed to single spaces."""
-    return " ".join(unicodedata.normalize("NFKC", summary).split())
+# Keys, cleaning, grouping, splitting -----------------------------------------------------------------------
 
 
 def word_key(text: str, num_words: int) -> str:
     """The first ``num_words`` words, lowercased and stripped of punctuation."""
     return " ".join(_KEY_WORD.findall(text.lower())[:num_words])
-
-
-# Cleaning, grouping, splitting ------------------------------------------------------------------------------
 
 
 def drop_reason(text: str, summary: str, config: IngestConfig) -> str | None:
@@ -195,14 +179,6 @@ def count_leaks(
         name: sum(1 for key, split in zip(keys, splits, strict=True) if split == name and key in train_keys)
         for name in ("val", "test")
     }
-
-
-def percentiles(values: list[int], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, int]:
-    """Nearest-rank percentiles, as integers."""
-    ordered = sorted(values)
-    if not ordered:
-        return {f"p{point}": 0 for point in points}
-    return {f"p{point}": ordered[max(0, math.ceil(point / 100 * len(ordered)) - 1)] for point in points}
 
 
 # The stage ------------------------------------------------------------------------------------------------
@@ -343,14 +319,13 @@ def _split_counts(splits: list[str], grouping: Grouping) -> dict[str, int]:
 def _write_splits(
     out_dir: Path, records: list[SourceRecord], group_ids: list[str], splits: list[str]
 ) -> None:
-    with contextlib.ExitStack() as stack:
-        handles = {
-            name: stack.enter_context((out_dir / f"{name}.jsonl").open("w", encoding="utf-8"))
-            for name in SPLITS
-        }
-        for record, group_id, split in zip(records, group_ids, splits, strict=True):
-            line = {"id": record.id, "text": record.text, "summary": record.summary, "group": group_id}
-            handles[split].write(json.dumps(line, ensure_ascii=False) + "\n")
+    write_splits(
+        out_dir,
+        (
+            (split, {"id": record.id, "text": record.text, "summary": record.summary, "group": group_id})
+            for record, group_id, split in zip(records, group_ids, splits, strict=True)
+        ),
+    )
 
 
 def _stats(
@@ -371,8 +346,8 @@ def _stats(
         "largest_group": grouping.largest_group,
         "boilerplate_keys": grouping.boilerplate_keys,
         "leakage_first_20_words": count_leaks(cleaned.records, splits),
-        "text_words": percentiles([len(record.text.split()) for record in cleaned.records]),
-        "summary_words": percentiles([len(record.summary.split()) for record in cleaned.records]),
+        "text_words": length_percentiles(len(record.text.split()) for record in cleaned.records),
+        "summary_words": length_percentiles(len(record.summary.split()) for record in cleaned.records),
         "raw": {"sha256": source_info["sha256"], "records": source_info["records"]},
     }
 

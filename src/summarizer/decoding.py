@@ -55,8 +55,11 @@ def _check_positive(value: Any, name: str) -> None:
         raise ValueError(f"decoding: {name} must be a Python integer >= 1, got {value!r}")
 
 
-def _settings(*, max_length: int, min_length: int, no_repeat_ngram_size: int, **ids: int) -> dict[str, int]:
+def _settings(
+    max_length: int, min_length: int, no_repeat_ngram_size: int, bos_id: int, eos_id: int, pad_id: int
+) -> dict[str, int]:
     """Validate the settings shared by both searches and return them as one dict for the step constraints."""
+    ids = {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id}
     _check_positive(max_length, "max_length")
     if not isinstance(min_length, int) or not 0 <= min_length <= max_length:
         raise ValueError(
@@ -175,14 +178,7 @@ def greedy_search(
     Raises:
         ValueError: a length or token id setting is out of range.
     """
-    settings = _settings(
-        max_length=max_length,
-        min_length=min_length,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        bos_id=bos_id,
-        eos_id=eos_id,
-        pad_id=pad_id,
-    )
+    settings = _settings(max_length, min_length, no_repeat_ngram_size, bos_id, eos_id, pad_id)
     batch_size = tf.convert_to_tensor(batch_size, dtype=tf.int32)
 
     def body(step, previous_ids, state, ids, lengths, scores, finished):
@@ -324,14 +320,7 @@ def beam_search(
         ValueError: a width, length or token id setting is out of range.
     """
     _check_positive(beam_width, "beam_width")
-    settings = _settings(
-        max_length=max_length,
-        min_length=min_length,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        bos_id=bos_id,
-        eos_id=eos_id,
-        pad_id=pad_id,
-    )
+    settings = _settings(max_length, min_length, no_repeat_ngram_size, bos_id, eos_id, pad_id)
     if length_penalty < 0:
         raise ValueError(f"decoding: length_penalty must be >= 0, got {length_penalty!r}")
     alpha = float(length_penalty)

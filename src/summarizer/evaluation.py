@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import time
@@ -38,10 +37,14 @@ from typing import Any
 
 from summarizer import metrics, tracking
 from summarizer.config import EvaluateConfig, Params
-from summarizer.inference import RUN_FILE, SummarizerPipeline, log_pyfunc_model
-from summarizer.io import atomic_write_text, read_json, write_json
+from summarizer.inference import SummarizerPipeline
+from summarizer.ingested import read_pairs
+from summarizer.io import atomic_write_text, jsonl_text, write_json
+from summarizer.losses import negative_log_likelihood
+from summarizer.model_directory import RunInfo, read_run_info
+from summarizer.pyfunc import log_pyfunc_model
 from summarizer.records import list_shards, read_dataset
-from summarizer.tokenization import PAD_ID, parse_pair
+from summarizer.text import first_words
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +102,7 @@ def read_test_examples(path: str | Path) -> list[EvaluationExample]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"test split not found: {path} (run the ingest stage first)")
-    examples = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                pair = parse_pair(line, path, line_number)
-                record_id = json.loads(line).get("id", f"line-{line_number}")
-                examples.append(EvaluationExample(str(record_id), pair.text, pair.summary))
+    examples = [EvaluationExample(pair.id, pair.text, pair.summary) for pair in read_pairs(path)]
     if not examples:
         raise ValueError(f"{path}: the test split is empty; nothing to evaluate")
     return examples
@@ -151,9 +148,11 @@ def teacher_forced_perplexity(
     dataset = read_dataset(list_shards(data_dir, "test"), batch_size, shuffle=False)
     for batch in dataset:
         log_probs = pipeline.log_probs(batch["source_ids"], batch["target_in"])
-        nll, count = metrics.token_nll(log_probs, batch["target_out"], pad_id=PAD_ID)
-        total_nll, total_tokens = total_nll + float(nll), total_tokens + int(count)
-    return metrics.perplexity(total_nll, total_tokens), total_tokens
+        nll, count = negative_log_likelihood(log_probs, batch["target_out"])
+        total_nll, total_tokens = total_nll + nll, total_tokens + count
+    if total_tokens == 0:
+        raise ValueError(f"{data_dir}: the test shards hold no target tokens; nothing to score")
+    return metrics.perplexity(total_nll / total_tokens), total_tokens
 
 
 def lead_result(texts: Sequence[str], references: Sequence[str], lead_words: Sequence[int]) -> LeadResult:
@@ -161,7 +160,7 @@ def lead_result(texts: Sequence[str], references: Sequence[str], lead_words: Seq
     return LeadResult(
         best_words=int(best_words),
         scores=dict(scores_by_words[best_words]),
-        predictions=[metrics.lead_baseline(text, best_words) for text in texts],
+        predictions=[first_words(text, best_words) for text in texts],
         rouge_l_by_words={int(words): scores["rougeL"] for words, scores in scores_by_words.items()},
     )
 
@@ -266,10 +265,6 @@ def prediction_records(
     ]
 
 
-def jsonl(records: Sequence[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-
-
 def examples_markdown(records: Sequence[Mapping[str, Any]], count: int) -> str:
     """The first ``count`` predictions as Markdown, for a glance in the MLflow UI."""
     sections = ["# Example summaries (test split)\n"]
@@ -297,25 +292,6 @@ def summary_text(values: Mapping[str, Any]) -> str:
     )
 
 
-def read_run_info(model_dir: str | Path) -> dict[str, str]:
-    """``run.json``: the training run's ``run_id``, ``experiment`` and ``tracking_uri``.
-
-    Raises:
-        FileNotFoundError / ValueError: the file is missing, or a field is not a non-empty string.
-    """
-    path = Path(model_dir) / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; the train stage writes it with the MLflow run to resume")
-    try:
-        info = read_json(path)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
-    for field in ("run_id", "experiment"):
-        if not isinstance(info, dict) or not isinstance(info.get(field), str) or not info[field]:
-            raise ValueError(f"{path}: field '{field}' must be a non-empty string")
-    return info
-
-
 def _log_evaluation(
     tracker: tracking.RunTracker,
     values: Mapping[str, Any],
@@ -338,14 +314,12 @@ def _log_evaluation(
     log_pyfunc_model(tracker, model_dir, params.evaluate, example_texts=example_texts)
 
 
-def _tracker(params: Params, model_dir: Path, root: Path) -> tuple[tracking.RunTracker, dict[str, str]]:
+def _tracker(params: Params, model_dir: Path, root: Path) -> tuple[tracking.RunTracker, RunInfo]:
     """A tracker on the store of ``params.tracking`` (as training used), checked before any decoding."""
     info = read_run_info(model_dir)
     uri = tracking.resolve_tracking_uri(params.tracking, root)
-    if info.get("tracking_uri") and info["tracking_uri"] != uri:
-        logger.warning(
-            "run.json names the store %s, the params %s: using the latter", info["tracking_uri"], uri
-        )
+    if info.tracking_uri and info.tracking_uri != uri:
+        logger.warning("run.json names the store %s, the params %s: using the latter", info.tracking_uri, uri)
     tracking.check_tracking_store(uri)
     return tracking.RunTracker(uri), info
 
@@ -397,10 +371,10 @@ def run_evaluation(
     examples = read_test_examples(test_jsonl)
     tracker, info = _tracker(params, model_dir, Path(root))
     tags = {"evaluated": "true", "evaluate.search": params.evaluate.search}
-    with tracking.tracked_run(tracker, info["experiment"], "evaluate", tags, run_id=info["run_id"]):
+    with tracking.tracked_run(tracker, info.experiment, "evaluate", tags, run_id=info.run_id):
         values, records, rows = evaluate_model(pipeline, examples, data_dir, params.evaluate)
         write_json(metrics_path, values)
-        atomic_write_text(predictions_path, jsonl(records))
+        atomic_write_text(predictions_path, jsonl_text(records))
         atomic_write_text(plot_path, plot_csv(rows))
         outputs = [Path(metrics_path), Path(predictions_path), Path(plot_path)]
         _log_evaluation(tracker, values, records, outputs, params, model_dir)
@@ -418,7 +392,6 @@ __all__ = [
     "examples_markdown",
     "lead_result",
     "mlflow_metrics",
-    "read_run_info",
     "read_test_examples",
     "rouge_by_length",
     "run_evaluation",

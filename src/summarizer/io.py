@@ -1,4 +1,4 @@
-"""Atomic file output: a stage either leaves complete outputs or none."""
+"""File input and output every stage shares: atomic writes (complete outputs or none), JSON and JSONL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +68,61 @@ def write_json(path: str | Path, value: Any) -> None:
 def read_json(path: str | Path) -> Any:
     with Path(path).open(encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """One compact JSON object a line (non-ASCII kept as is)."""
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def read_jsonl(path: str | Path, lines: set[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file, read one line at a time.
+
+    The one JSONL parser of the project: every error names the file and the 1-based line, as
+    ``<path>: line <n>: <problem>``.
+
+    Args:
+        lines: if given, only these 1-based line numbers are parsed.
+
+    Raises:
+        ValueError: a line is not UTF-8, not JSON, or not a JSON object.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            if lines is not None and line_number not in lines:
+                continue
+            try:
+                line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}: line {line_number}: not valid UTF-8 (byte 0x{raw_line[error.start]:02x} at "
+                    f"column {error.start + 1}); re-encode the file as UTF-8"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path}: line {line_number}: malformed JSON: {error.msg} at column {error.colno}"
+                ) from None
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"{path}: line {line_number}: expected a JSON object, got {json_type(value)}"
+                )
+            yield line_number, value
+
+
+def json_type(value: Any) -> str:
+    """How a JSON value is named in error messages: 'null', 'a number', 'a string', ..."""
+    names = {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }
+    return names.get(type(value), type(value).__name__)

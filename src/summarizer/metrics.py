@@ -11,8 +11,9 @@ import math
 import re
 from collections.abc import Sequence
 
-import numpy as np
 from rouge_score import rouge_scorer
+
+from summarizer.text import first_words
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -71,11 +72,6 @@ def rouge_l_per_example(predictions: Sequence[str], references: Sequence[str]) -
     ]
 
 
-def lead_baseline(text: str, num_words: int) -> str:
-    """The text's first ``num_words`` whitespace-separated words."""
-    return " ".join(text.split()[:num_words])
-
-
 def best_lead(
     texts: Sequence[str], references: Sequence[str], lead_words: Sequence[int]
 ) -> tuple[int, dict[int, dict[str, float]]]:
@@ -85,32 +81,12 @@ def best_lead(
         (best N, {N: ROUGE scores}) so a report can show every N, not only the best.
     """
     scores_by_words = {
-        words: rouge([lead_baseline(text, words) for text in texts], references) for words in lead_words
+        words: rouge([first_words(text, words) for text in texts], references) for words in lead_words
     }
     best = max(scores_by_words, key=lambda words: (scores_by_words[words]["rougeL"], -words))
     return best, scores_by_words
 
 
-def token_nll(log_probs, target_ids, pad_id: int = 0) -> tuple[float, int]:
-    """Summed negative log-likelihood of ``target_ids`` and the number of non-padding tokens.
-
-    Args:
-        log_probs: float (batch, time, vocab) log-probabilities.
-        target_ids: int (batch, time) reference ids; positions equal to ``pad_id`` are excluded.
-    """
-    log_probs = np.asarray(log_probs, dtype=np.float32)
-    target_ids = np.asarray(target_ids)
-    picked = np.take_along_axis(log_probs, target_ids[..., None].astype(np.int64), axis=-1)[..., 0]
-    mask = target_ids != pad_id
-    return float(-(picked * mask).sum(dtype=np.float64)), int(mask.sum())
-
-
-def perplexity(total_negative_log_likelihood: float, total_tokens: int) -> float:
-    """exp of the mean token negative log-likelihood.
-
-    Raises:
-        ValueError: no tokens were scored.
-    """
-    if total_tokens <= 0:
-        raise ValueError("perplexity needs at least one scored token")
-    return math.exp(total_negative_log_likelihood / total_tokens)
+def perplexity(mean_negative_log_likelihood: float) -> float:
+    """exp of the mean token negative log-likelihood (capped at exp(700) rather than overflowing)."""
+    return math.exp(min(mean_negative_log_likelihood, 700.0))

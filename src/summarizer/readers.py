@@ -15,6 +15,9 @@ from typing import Any
 import pyarrow
 import pyarrow.parquet
 
+from summarizer.io import json_type
+from summarizer.io import read_jsonl as read_json_lines
+
 FORMATS_BY_SUFFIX = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -129,27 +132,21 @@ def read_csv(path: Path, columns: Columns) -> Iterator[SourceRecord]:
 
 
 def read_jsonl(path: Path, columns: Columns) -> Iterator[SourceRecord]:
-    """One JSON object a line; blank lines are skipped; the record id is the line number."""
-    for line_number, line in _decoded_lines(path):
-        if not line.strip():
-            continue
-        location = f"{path}: line {line_number}"
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise IngestError(f"{location}: malformed JSON: {error.msg} at column {error.colno}") from None
-        if not isinstance(value, dict):
-            raise IngestError(
-                f"{location}: expected a JSON object with fields {', '.join(columns.required)}, "
-                f"got {_json_type(value)}"
-            )
-        missing = [name for name in columns.required if name not in value]
-        if missing:
-            raise IngestError(
-                f"{location}: missing field(s) {', '.join(map(repr, missing))}; fields found: "
-                f"{', '.join(value) or 'none'}"
-            )
-        yield _record(str(line_number), value, location, columns)
+    """One JSON object a line (:func:`summarizer.io.read_jsonl`); the record id is the line number."""
+    try:
+        for line_number, value in read_json_lines(path):
+            location = f"{path}: line {line_number}"
+            missing = [name for name in columns.required if name not in value]
+            if missing:
+                raise IngestError(
+                    f"{location}: missing field(s) {', '.join(map(repr, missing))}; fields found: "
+                    f"{', '.join(value) or 'none'}"
+                )
+            yield _record(str(line_number), value, location, columns)
+    except OSError as error:
+        raise IngestError(f"{path}: cannot open: {error.strerror}") from None
+    except ValueError as error:  # the JSONL parser's own message (file, line, problem)
+        raise IngestError(str(error)) from None
 
 
 def read_parquet(path: Path, columns: Columns) -> Iterator[SourceRecord]:
@@ -185,26 +182,13 @@ def _record(record_id: str, values: Mapping[str, Any], location: str, columns: C
         if not isinstance(values[name], str):
             preview = json.dumps(values[name], default=str)[:40]
             raise IngestError(
-                f"{location}: field {name!r} must be a string, got {_json_type(values[name])} {preview}"
+                f"{location}: field {name!r} must be a string, got {json_type(values[name])} {preview}"
             )
     group = values[columns.group] if columns.group else None
     group_value = (
         "" if group is None else group if isinstance(group, str) else json.dumps(group, sort_keys=True)
     )
     return SourceRecord(record_id, values[columns.text], values[columns.summary], group_value)
-
-
-def _json_type(value: Any) -> str:
-    names = {
-        type(None): "null",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        list: "an array",
-        dict: "an object",
-        str: "a string",
-    }
-    return names.get(type(value), type(value).__name__)
 
 
 __all__ = [

@@ -12,7 +12,6 @@ Shards are ``{split}-{index:05d}-of-{count:05d}.tfrecord``; example ``i`` of a s
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,23 +23,15 @@ from typing import Any
 import tensorflow as tf
 
 from summarizer.config import TokenizeConfig
-from summarizer.tokenization import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
-    Pair,
-    Tokenizer,
-    read_pairs,
-    train_tokenizer,
-)
+from summarizer.ingested import Pair, read_pairs, split_paths
+from summarizer.io import atomic_directory, write_json
+from summarizer.stats import length_percentiles
+from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
-SPLITS = ("train", "val", "test")
 TOKENIZER_PREFIX = "spm"
 ENCODE_CHUNK_RECORDS = 1024
 PROGRESS_EVERY_RECORDS = 100_000
 SHUFFLE_BUFFER = 10_000
-PERCENTILES = (50, 90, 99)
 
 FEATURES = {
     "source_ids": tf.io.VarLenFeature(tf.int64),
@@ -86,22 +77,6 @@ class ShardedWriter:
             writer.close()
 
 
-def _percentiles(histogram: Counter[int], total: int) -> dict[str, int]:
-    """Nearest-rank percentiles (the smallest length covering q% of examples) and the maximum."""
-    result = dict.fromkeys([f"p{q}" for q in PERCENTILES] + ["max"], 0)
-    if total == 0:
-        return result
-    ranks = {f"p{q}": max(1, math.ceil(q / 100 * total)) for q in PERCENTILES}
-    seen = 0
-    for length in sorted(histogram):
-        seen += histogram[length]
-        for name, rank in ranks.items():
-            if result[name] == 0 and seen >= rank:
-                result[name] = length
-    result["max"] = max(histogram)
-    return result
-
-
 @dataclass
 class SplitStats:
     """Length histograms and counts of one split, in memory proportional to the number of distinct lengths."""
@@ -130,8 +105,8 @@ class SplitStats:
         examples = max(self.examples, 1)
         return {
             "examples": self.examples,
-            "source_tokens": _percentiles(self.source_lengths, self.examples),
-            "target_tokens": _percentiles(self.target_lengths, self.examples),
+            "source_tokens": length_percentiles(self.source_lengths),
+            "target_tokens": length_percentiles(self.target_lengths),
             "truncated_sources": self.truncated_sources,
             "truncated_sources_fraction": round(self.truncated_sources / examples, 6),
             "truncated_targets": self.truncated_targets,
@@ -165,7 +140,7 @@ def write_split(
             summaries = tokenizer.encode_batch([pair.summary for pair in chunk])
             for pair, source_ids, summary_ids in zip(chunk, sources, summaries, strict=True):
                 if not source_ids:
-                    raise ValueError(f"{jsonl_path}:{pair.line}: field 'text' encodes to no tokens")
+                    raise ValueError(f"{jsonl_path}: line {pair.line}: field 'text' encodes to no tokens")
                 stats.add(source_ids, summary_ids, config)
                 target_ids = [*summary_ids, EOS_ID][: config.max_target_tokens]
                 writer.write(make_example(source_ids[: config.max_source_tokens], target_ids))
@@ -175,23 +150,25 @@ def write_split(
     return stats
 
 
-def split_paths(in_dir: str | Path) -> dict[str, Path]:
-    """The ingested ``{train,val,test}.jsonl`` files of ``in_dir``.
+def run_tokenize(
+    config: TokenizeConfig, in_dir: str | Path, out_dir: str | Path, stats_path: str | Path
+) -> dict[str, Any]:
+    """The tokenize stage: :func:`tokenize_splits` into ``out_dir`` and its stats into ``stats_path``.
+
+    ``out_dir`` is built beside itself and replaces the old one only on success.
 
     Raises:
-        FileNotFoundError: a split is missing (the message names the file).
+        FileNotFoundError, ValueError: as :func:`tokenize_splits`; nothing is written then.
     """
-    paths = {split: Path(in_dir) / f"{split}.jsonl" for split in SPLITS}
-    for split, path in paths.items():
-        if not path.is_file():
-            raise FileNotFoundError(f"input split '{split}' not found: {path} (run the ingest stage first)")
-    return paths
+    with atomic_directory(out_dir) as staging:
+        stats = tokenize_splits(in_dir, staging, config)
+        write_json(stats_path, stats)
+    logger.info("written %s and %s", out_dir, stats_path)
+    return stats
 
 
-def run_tokenize(in_dir: str | Path, out_dir: str | Path, config: TokenizeConfig) -> dict[str, Any]:
-    """The tokenize stage: train ``spm.model`` on the train split, then shard every split into ``out_dir``.
-
-    ``out_dir`` must exist; the caller makes it atomic (``summarizer.io.atomic_directory``).
+def tokenize_splits(in_dir: str | Path, out_dir: str | Path, config: TokenizeConfig) -> dict[str, Any]:
+    """Train ``spm.model`` on the train split, then shard every split into the existing ``out_dir``.
 
     Returns:
         Numeric stage metrics: per split the example count, token-length percentiles before capping,
@@ -327,14 +304,13 @@ def read_dataset(
 
 __all__ = [
     "FEATURES",
-    "SPLITS",
     "ShardedWriter",
     "SplitStats",
     "list_shards",
     "make_example",
     "read_dataset",
     "run_tokenize",
+    "tokenize_splits",
     "shard_name",
-    "split_paths",
     "write_split",
 ]

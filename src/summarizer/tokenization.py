@@ -22,17 +22,16 @@ the unigram EM splits its sums by thread, so another thread count gives (slightl
 from __future__ import annotations
 
 import io
-import json
 import logging
 import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece
 
 from summarizer.config import TokenizeConfig
+from summarizer.ingested import Pair, read_pairs
 
 PAD_ID = 0
 UNK_ID = 1
@@ -46,56 +45,6 @@ MAX_SENTENCE_BYTES = 1 << 16
 SENTENCES_PER_RECORD = 2
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One (text, summary) record of an ingested JSONL split; ``line`` is 1-based, for error messages."""
-
-    line: int
-    text: str
-    summary: str
-
-
-def _field(record: dict, name: str, location: str) -> str:
-    value = record.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"{location}: field '{name}' must be a string, got {value!r}")
-    if not value.strip():
-        raise ValueError(f"{location}: field '{name}' is empty")
-    return value
-
-
-def parse_pair(line: str, path: Path, line_number: int) -> Pair:
-    """Parse one JSONL line into a :class:`Pair`.
-
-    Raises:
-        ValueError: the line is not a JSON object with non-empty string fields ``text`` and ``summary``
-            (the message names the file, line and field).
-    """
-    location = f"{path}:{line_number}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{location}: not valid JSON ({error.msg} at column {error.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(
-            f"{location}: expected a JSON object with 'text' and 'summary', got {type(record).__name__}"
-        )
-    return Pair(line_number, _field(record, "text", location), _field(record, "summary", location))
-
-
-def read_pairs(path: str | Path, lines: set[int] | None = None) -> Iterator[Pair]:
-    """Stream the pairs of an ingested JSONL file one line at a time (blank lines are skipped).
-
-    Args:
-        lines: if given, only these 1-based line numbers are parsed.
-    """
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if (lines is None or line_number in lines) and line.strip():
-                yield parse_pair(line, path, line_number)
 
 
 def count_lines(path: str | Path) -> int:
@@ -295,10 +244,7 @@ __all__ = [
     "PAD_ID",
     "SPECIAL_PIECES",
     "UNK_ID",
-    "Pair",
     "Tokenizer",
     "count_lines",
-    "parse_pair",
-    "read_pairs",
     "train_tokenizer",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from summarizer import training
+from summarizer import runner
 from tests.multihost import hosts
 from tests.workers.launch import check, horovodrun
 from tests.workers.tiny_data import tiny_train_params, write_tokenized
@@ -104,7 +104,7 @@ def two_host_training(cluster: hosts.Cluster, tokenized: Path, tmp_path_factory:
     result = cluster.horovodrun(
         train_arguments(directory, tokenized),
         cwd=directory,
-        extra_environment={training.DUMP_WEIGHTS_VARIABLE: str(directory / "weights")},
+        extra_environment={runner.DUMP_WEIGHTS_VARIABLE: str(directory / "weights")},
     )
     return TrainingRun(check(result), directory, logins_before)
 
@@ -178,7 +178,7 @@ def test_two_hosts_train_like_one_host(
     """
     two_hosts = two_host_training
     arguments = train_arguments(tmp_path, tokenized)
-    weights = {training.DUMP_WEIGHTS_VARIABLE: str(tmp_path / "weights")}
+    weights = {runner.DUMP_WEIGHTS_VARIABLE: str(tmp_path / "weights")}
     one_host = TrainingRun(check(horovodrun(arguments, cwd=tmp_path, environment=weights)), tmp_path)
     for two_host_array, one_host_array in zip(two_hosts.weights(0), one_host.weights(0), strict=True):
         np.testing.assert_allclose(two_host_array, one_host_array, rtol=1e-5, atol=1e-7)

@@ -15,8 +15,7 @@ import yaml
 
 from pipeline import evaluate
 from tests.conftest import REPO_ROOT
-from tests.test_evaluation import training_run
-from tests.test_inference import build_model_directory
+from tests.helpers import build_model_directory, training_run
 
 
 def run_stage(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -42,8 +41,8 @@ def test_defaults_match_the_dvc_stage_command() -> None:
     stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["evaluate"]
     words = shlex.split(stage["cmd"])
     assert words[:3] == ["python", "-m", "pipeline.evaluate"]
-    from_dvc = vars(evaluate.parse_arguments(words[3:]))
-    assert from_dvc == vars(evaluate.parse_arguments([]))
+    from_dvc = vars(evaluate.build_parser().parse_args(words[3:]))
+    assert from_dvc == vars(evaluate.build_parser().parse_args([]))
     assert {from_dvc["metrics"]} == {next(iter(entry)) for entry in stage["metrics"]}
     assert {from_dvc["plot"]} == {next(iter(entry)) for entry in stage["plots"]}
     assert stage["outs"] == [from_dvc["predictions"]]

@@ -15,7 +15,7 @@ from pipeline import tokenize as stage
 from summarizer.records import list_shards, read_dataset
 from summarizer.tokenization import Tokenizer
 from tests.conftest import REPO_ROOT
-from tests.test_records import write_ingested
+from tests.helpers import write_ingested
 
 TINY_PARAMS = {
     "tokenize": {"vocab_size": 200, "max_source_tokens": 48, "max_target_tokens": 12, "num_shards": 2}
@@ -109,7 +109,8 @@ def test_malformed_record_fails_without_replacing_the_previous_output(
     assert stage.main(stage_arguments(tmp_path)) == 1
 
     assert (
-        "tokenize: error: " in (error := capsys.readouterr().err) and "val.jsonl:31: not valid JSON" in error
+        "tokenize: error: " in (error := capsys.readouterr().err)
+        and "val.jsonl: line 31: malformed JSON" in error
     )
     assert [path.name for path in previous.parent.iterdir()] == ["tokenized"]
     assert [path.name for path in previous.iterdir()] == ["spm.model"]
@@ -128,7 +129,7 @@ def test_invalid_params_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.Cap
 
 def test_help_describes_every_option(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exited:
-        stage.parse_arguments(["--help"])
+        stage.main(["--help"])
     assert exited.value.code == 0
     help_text = capsys.readouterr().out
     for option in ("--params", "--in-dir", "--out-dir", "--stats", "data/ingested", "metrics/tokenize.json"):

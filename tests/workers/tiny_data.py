@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from summarizer.config import Params, TokenizeConfig, params_from_dict
-from summarizer.records import run_tokenize
+from summarizer.records import tokenize_splits
 from tests.conftest import make_pairs
 
 TOKENIZE = TokenizeConfig(
@@ -31,7 +31,7 @@ def write_tokenized(directory: Path, seed: int = 0) -> Path:
                 json.dumps({"id": f"{split}{index}", "text": text, "summary": summary, "group": str(index)})
             )
         (ingested / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    run_tokenize(ingested, tokenized, TOKENIZE)
+    tokenize_splits(ingested, tokenized, TOKENIZE)
     return tokenized
 
 
