@@ -2,7 +2,10 @@
 
 Each rank runs with one intra-op and one inter-op thread, trains our model with the product's
 ``Trainer`` and ``summarizer.distribution`` (gradients averaged by Horovod every step) on its own synthetic
-batches, and the chief writes the global samples/s to the JSON file given as ``--out``.
+batches, and the chief writes the global samples/s to the JSON file given as ``--out``. With
+``"control": true`` in the settings every step is followed by the train stage's
+:class:`~summarizer.preemption.StepControl` (its collective about every second, checkpoints every 10
+minutes), and the chief times one save of a resume checkpoint of this model.
 
 Usage: python -m benchmarks.horovod_worker --settings JSON --out PATH
 """
@@ -12,15 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+import time
 from dataclasses import fields
+from pathlib import Path
 
 import tensorflow as tf
 
 from benchmarks.common import Shapes, summary_of, synthetic_batches, timed_rates
 from benchmarks.training_speed import DISTINCT_BATCHES, Timing, make_trainer
-from summarizer import distribution
+from summarizer import checkpoints, distribution
 from summarizer.config import TrainConfig
 from summarizer.io import write_json
+from summarizer.preemption import StepControl, StopRequest
+from summarizer.training import Trainer
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,15 +63,23 @@ def run(settings: dict, seed: int) -> dict:
     for step in range(timing.warmup_steps):
         trainer.train_step(tensors[step % len(tensors)], config.learning_rate)
 
+    control = (
+        StepControl(dist, StopRequest(), config.checkpoint_every_minutes) if settings.get("control") else None
+    )
+
     def run_once() -> float:
         dist.barrier()  # every rank starts the clock together
         for step in range(timing.steps):
             trainer.train_step(tensors[step % len(tensors)], config.learning_rate)
+            if control is not None:
+                control.after_step()
         dist.barrier()  # and stops it when the slowest rank is done
         return timing.steps * shapes.batch_size * dist.size
 
     summary = summary_of(timed_rates(run_once, timing.repetitions))
+    checkpoint_seconds = _time_checkpoint(trainer) if control is not None and dist.is_chief else None
     return {
+        "checkpoint_seconds": checkpoint_seconds,
         "workers": dist.size,
         "samples_per_second": summary["median"],
         "repetitions": summary["repetitions"],
@@ -71,6 +87,16 @@ def run(settings: dict, seed: int) -> dict:
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "is_chief": dist.is_chief,
     }
+
+
+def _time_checkpoint(trainer: Trainer) -> float:
+    """Seconds to write one resume checkpoint (variables, best weights, state) of this model."""
+    with tempfile.TemporaryDirectory(prefix="benchmark-checkpoint-") as directory:
+        started = time.perf_counter()
+        checkpoints.save_checkpoint(
+            Path(directory) / "checkpoint", trainer.variables, {"epoch": 0}, trainer.model.get_weights()
+        )
+        return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,9 @@
 Usage: python -m benchmarks.run [--quick] [--only GROUP ...] [--out benchmarks/results] [--params params.yaml]
        python -m benchmarks.run --table      (print the table of the results file, measure nothing)
 
-Groups: training, decoding, scaling, precision, parameters, tokenize. Each figure is stored under its own
-key with its target beside it (``{"value": ..., "target": ..., "met": ...}``); ``--only`` re-measures some
-groups and keeps the other figures of an existing results file.
+Groups: training, decoding, scaling, checkpointing, precision, parameters, tokenize. Each figure is stored
+under its own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``); ``--only``
+re-measures some groups and keeps the other figures of an existing results file.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from summarizer.io import read_json, write_json
 from summarizer.model import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("training", "decoding", "scaling", "precision", "parameters", "tokenize")
+GROUPS = ("training", "decoding", "scaling", "checkpointing", "precision", "parameters", "tokenize")
 SEED = 1234
 CHILD_FLAG = "--in-process"
 # The peer: OpenNMT-py 3.5.1 on this 2-core CPU (measured by them; not re-measured here).
@@ -53,6 +53,7 @@ TARGETS = {
     "scaling_efficiency": 0.8,
     "gru_fewer_recurrent_percent": 25.0,
     "tokenize_rss_ratio": 1.2,  # "flat": peak RSS grows by at most 20% when the corpus grows
+    "checkpointing_cost_percent": 3.0,  # stop/checkpoint control at the default interval, vs none
 }
 
 
@@ -325,6 +326,41 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_checkpointing(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """2 workers at our default shapes, without and with the train stage's stop/checkpoint control.
+
+    Alternated ``plan.scaling_rounds`` times. The cost at the default interval is the samples/s lost to the
+    control collectives plus one checkpoint save (timed on the chief) per ``checkpoint_every_minutes``.
+    """
+    repetitions: dict[bool, list[float]] = {False: [], True: []}
+    saves = []
+    for _ in range(plan.scaling_rounds):
+        for control in repetitions:
+            result = scaling.run_workers(
+                2,
+                plan.defaults,
+                plan.default_shapes,
+                plan.scaling_timing,
+                plan.horovod_timeout_seconds,
+                control,
+            )
+            repetitions[control].extend(result["repetitions"])
+            if result["checkpoint_seconds"] is not None:
+                saves.append(result["checkpoint_seconds"])
+    off, on = (common.summary_of(repetitions[control])["median"] for control in (False, True))
+    save_seconds = common.summary_of(saves)["median"]
+    interval = plan.defaults.checkpoint_every_minutes * 60
+    cost = 100.0 * ((off - on) / off + (save_seconds / interval if interval else 0.0))
+    return {
+        "checkpointing_off_samples_per_second": figure(off, "samples/s", repetitions=repetitions[False]),
+        "checkpointing_on_samples_per_second": figure(on, "samples/s", repetitions=repetitions[True]),
+        "checkpoint_save_seconds": figure(save_seconds, "s", repetitions=saves),
+        "checkpointing_cost_percent": figure(
+            max(cost, 0.0), "% of samples/s", TARGETS["checkpointing_cost_percent"], "<="
+        ),
+    }
+
+
 def run_precision(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     """Step time of our default model under float32, mixed_float16 and mixed_bfloat16, in the same run."""
     results = {
@@ -435,6 +471,7 @@ RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
     "training": run_training,
     "decoding": run_decoding,
     "scaling": run_scaling,
+    "checkpointing": run_checkpointing,
     "precision": run_precision,
     "parameters": run_parameters,
     "tokenize": run_tokenize,

@@ -62,9 +62,11 @@ def horovodrun_command(workers: int, config: TrainConfig, settings: dict[str, An
 
 
 def run_workers(
-    workers: int, config: TrainConfig, shapes: Shapes, timing: Timing, timeout: float
+    workers: int, config: TrainConfig, shapes: Shapes, timing: Timing, timeout: float, control: bool = False
 ) -> dict[str, Any]:
     """Start ``workers`` ranks with horovodrun and return the chief's figures.
+
+    ``control``: follow every step with the train stage's stop/checkpoint control (see horovod_worker).
 
     Raises:
         ScalingError: horovodrun exited non-zero or wrote no result.
@@ -74,7 +76,12 @@ def run_workers(
         for field in dataclasses.fields(config)
         if field.name != "horovod"
     }
-    settings = {"train": train, "shapes": dataclasses.asdict(shapes), "timing": dataclasses.asdict(timing)}
+    settings = {
+        "train": train,
+        "shapes": dataclasses.asdict(shapes),
+        "timing": dataclasses.asdict(timing),
+        "control": control,
+    }
     with tempfile.TemporaryDirectory(prefix="benchmark-horovod-") as directory:
         out = Path(directory) / "result.json"
         command = horovodrun_command(workers, config, settings, out)

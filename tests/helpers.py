@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,3 +113,42 @@ def training_run(uri: str) -> str:
     tracker.log_metrics({"val_loss": 4.0}, step=1)
     tracker.end("FINISHED")
     return run_id
+
+
+class LoopbackMlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 over a sqlite file, that a test can stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        from tests.multihost.hosts import free_port
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = free_port("127.0.0.1")
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        from tests.multihost.hosts import server_healthy
+
+        command = [
+            str(Path(sys.executable).parent / "mlflow"), "server",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
+            "--artifacts-destination", str(self.directory / "artifacts"),
+        ]  # fmt: skip
+        log = (self.directory / "server.log").open("a", encoding="utf-8")
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not server_healthy(self.uri):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"mlflow server did not start:\n{(self.directory / 'server.log').read_text()}"
+                )
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGKILL the server and its workers: it is gone, as after a crash or a lost node."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+        self.process = None

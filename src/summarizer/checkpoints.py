@@ -38,11 +38,13 @@ def data_fingerprint(data_dir: str | Path) -> str:
 
 
 def checkpoint_directory(root: str | Path, params: Params, data_dir: str | Path) -> Path:
-    """``<root>/.checkpoints/train-<hash of train + tracking params and the input data>``."""
-    settings = json.dumps(
-        {"train": dataclasses.asdict(params.train), "tracking": dataclasses.asdict(params.tracking)},
-        sort_keys=True,
-    )
+    """``<root>/.checkpoints/train-<hash of train + tracking params and the input data>``.
+
+    The last checkpoint (with the best weights so far) is the only one kept: the directory is replaced.
+    """
+    train = dataclasses.asdict(params.train)
+    train.pop("checkpoint_every_minutes")  # how often to checkpoint does not change what is trained
+    settings = json.dumps({"train": train, "tracking": dataclasses.asdict(params.tracking)}, sort_keys=True)
     digest = hashlib.sha256(settings.encode("utf-8") + data_fingerprint(data_dir).encode("ascii")).hexdigest()
     return Path(root) / ".checkpoints" / f"train-{digest[:20]}"
 

@@ -1,4 +1,4 @@
-"""Console scripts: ``summarize`` (summaries of new texts) and ``summarizer-compare`` (runs compared)."""
+"""Console scripts: ``summarize`` (new texts), ``summarizer-compare`` (runs), ``summarizer-replay``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+from mlflow.exceptions import MlflowException
 
 from summarizer.config import ConfigError, EvaluateConfig, Params, TrackingConfig, load_params
 from summarizer.progress import format_duration
@@ -314,3 +316,40 @@ __all__ = [
     "read_texts",
     "summarize_main",
 ]
+
+
+def replay_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="summarizer-replay",
+        description="Send the MLflow records a stage spooled while the tracking store was unreachable "
+        "(params, per-epoch metrics with their steps and timestamps, tags, artifacts, the model, the final "
+        "status) into their runs, in order. The evaluate stage does this by itself when it starts.",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="repository root holding .checkpoints/mlflow-spool/ (default: $DVC_ROOT, else the current "
+        "directory)",
+    )
+    return parser
+
+
+def replay_main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
+    """Exit 0 when every spool was replayed, 1 when records are still pending or the store refused one."""
+    from summarizer.spool import SPOOL_DIRECTORY, replay  # MLflow only, no TensorFlow until a model is sent
+
+    arguments = replay_parser().parse_args(argv)
+    stdout = stdout or sys.stdout
+    root = arguments.root or project_root()
+    try:
+        remaining = replay(root)
+    except (TrackingError, MlflowException) as error:
+        print(f"summarizer-replay: error: {error}", file=sys.stderr)
+        return 1
+    if not remaining:
+        print(f"nothing to replay: no spool under {root / SPOOL_DIRECTORY}", file=stdout)
+    for run_id, pending in remaining.items():
+        state = "replayed" if pending == 0 else f"{pending} record(s) still pending (store unreachable)"
+        print(f"run {run_id}: {state}", file=stdout)
+    return 0 if not any(remaining.values()) else 1

@@ -157,6 +157,7 @@ class TrainConfig:
     lr_reduce_factor: float = 0.5
     min_learning_rate: float = 0.00001
     max_wall_minutes: float = 18.0
+    checkpoint_every_minutes: float = 10.0
     seed: int = 42
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
 
@@ -195,6 +196,11 @@ class TrainConfig:
             not (self.bidirectional and self.units % 2),
             f"{key}.units",
             f"must be even when {key}.bidirectional is true (units // 2 per direction), got {self.units}",
+        )
+        _check(
+            self.checkpoint_every_minutes >= 0,
+            f"{key}.checkpoint_every_minutes",
+            f"expected minutes >= 0 (0 = only at epoch ends), got {self.checkpoint_every_minutes}",
         )
         _check(self.max_wall_minutes > 0, f"{key}.max_wall_minutes", "expected a number of minutes > 0")
         self.horovod.validate(f"{key}.horovod")

@@ -98,6 +98,18 @@ class Distribution:
         """The chief's ``value`` (any picklable object) on every rank."""
         return value
 
+    def allgather_object(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        return [value]
+
+    def maximum(self, values: Sequence[float]) -> list[float]:
+        """The element-wise maximum of ``values`` over ranks: any rank's flag, the chief's proposal."""
+        return [float(value) for value in values]
+
+    def is_peer_failure(self, error: BaseException) -> bool:
+        """Whether ``error`` is a collective failing because another rank died or left."""
+        return False
+
     def barrier(self) -> None:
         """Return once every rank has reached this call."""
 
@@ -168,6 +180,22 @@ class HorovodDistribution(Distribution):
     def broadcast_object(self, value: Any) -> Any:
         # Broadcast: decisions taken on the chief (resume state, wall-clock stop) must hold on every rank.
         return self._hvd.broadcast_object(value, root_rank=0, name="object")
+
+    def allgather_object(self, value: Any) -> list[Any]:
+        # Allgather: per-rank partial sums of an epoch go into the chief's checkpoint.
+        return list(self._hvd.allgather_object(value, name="objects"))
+
+    def maximum(self, values: Sequence[float]) -> list[float]:
+        packed = tf.constant([float(value) for value in values], dtype=tf.float64)
+        # Allreduce: a stop request on any rank and the chief's checkpoint decision hold on every rank.
+        return [
+            float(value) for value in self._hvd.allreduce(packed, op=self._hvd.Max, name="control").numpy()
+        ]
+
+    def is_peer_failure(self, error: BaseException) -> bool:
+        # A rank that dies (killed, OOM, lost node) shuts Horovod down on every other rank; its next
+        # collective raises with this message (measured with Gloo and a SIGKILLed rank).
+        return "Horovod has been shut down" in str(error) or type(error).__name__ == "HorovodInternalError"
 
     def barrier(self) -> None:
         # Allreduce: horovod.tensorflow has no barrier; a tiny allreduce completes only when all ranks join.

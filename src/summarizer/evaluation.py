@@ -42,8 +42,8 @@ from summarizer.ingested import read_pairs
 from summarizer.io import atomic_write_text, jsonl_text, write_json
 from summarizer.losses import negative_log_likelihood
 from summarizer.model_directory import RunInfo, read_run_info
-from summarizer.pyfunc import log_pyfunc_model
 from summarizer.records import list_shards, read_dataset
+from summarizer.spool import SpooledTracker
 from summarizer.text import first_words
 
 logger = logging.getLogger(__name__)
@@ -293,35 +293,39 @@ def summary_text(values: Mapping[str, Any]) -> str:
 
 
 def _log_evaluation(
-    tracker: tracking.RunTracker,
+    tracker: SpooledTracker,
     values: Mapping[str, Any],
     records: Sequence[Mapping[str, Any]],
     outputs: Sequence[Path],
     params: Params,
     model_dir: Path,
 ) -> None:
+    settings = dataclasses.asdict(params.evaluate)
     tracker.log_metrics(mlflow_metrics(values))
     tracker.log_dict(
-        {"scorer": metrics.scorer_settings(), "decoding": dataclasses.asdict(params.evaluate)},
-        f"{ARTIFACT_DIRECTORY}/settings.json",
+        {"scorer": metrics.scorer_settings(), "decoding": settings}, f"{ARTIFACT_DIRECTORY}/settings.json"
     )
     for path in outputs:
         tracker.log_artifact(path, ARTIFACT_DIRECTORY)
     tracker.log_text(
         examples_markdown(records, params.evaluate.num_logged_examples), f"{ARTIFACT_DIRECTORY}/examples.md"
     )
-    example_texts = [record["source"] for record in records[:2]]
-    log_pyfunc_model(tracker, model_dir, params.evaluate, example_texts=example_texts)
+    decoding = {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
+    tracker.log_pyfunc(model_dir, decoding, [record["source"] for record in records[:2]])
 
 
-def _tracker(params: Params, model_dir: Path, root: Path) -> tuple[tracking.RunTracker, RunInfo]:
-    """A tracker on the store of ``params.tracking`` (as training used), checked before any decoding."""
+def _tracker(params: Params, model_dir: Path, root: Path) -> tuple[SpooledTracker, RunInfo]:
+    """A tracker on the store of ``params.tracking`` (as training used), checked before any decoding.
+
+    It replays what the train stage spooled first (:mod:`summarizer.spool`), and spools in turn if the store
+    goes away while this stage runs.
+    """
     info = read_run_info(model_dir)
     uri = tracking.resolve_tracking_uri(params.tracking, root)
     if info.tracking_uri and info.tracking_uri != uri:
         logger.warning("run.json names the store %s, the params %s: using the latter", info.tracking_uri, uri)
     tracking.check_tracking_store(uri)
-    return tracking.RunTracker(uri), info
+    return SpooledTracker(tracking.RunTracker(uri), root), info
 
 
 def evaluate_model(
@@ -371,13 +375,16 @@ def run_evaluation(
     examples = read_test_examples(test_jsonl)
     tracker, info = _tracker(params, model_dir, Path(root))
     tags = {"evaluated": "true", "evaluate.search": params.evaluate.search}
-    with tracking.tracked_run(tracker, info.experiment, "evaluate", tags, run_id=info.run_id):
-        values, records, rows = evaluate_model(pipeline, examples, data_dir, params.evaluate)
-        write_json(metrics_path, values)
-        atomic_write_text(predictions_path, jsonl_text(records))
-        atomic_write_text(plot_path, plot_csv(rows))
-        outputs = [Path(metrics_path), Path(predictions_path), Path(plot_path)]
-        _log_evaluation(tracker, values, records, outputs, params, model_dir)
+    try:
+        with tracking.tracked_run(tracker, info.experiment, "evaluate", tags, run_id=info.run_id):
+            values, records, rows = evaluate_model(pipeline, examples, data_dir, params.evaluate)
+            write_json(metrics_path, values)
+            atomic_write_text(predictions_path, jsonl_text(records))
+            atomic_write_text(plot_path, plot_csv(rows))
+            outputs = [Path(metrics_path), Path(predictions_path), Path(plot_path)]
+            _log_evaluation(tracker, values, records, outputs, params, model_dir)
+    finally:
+        tracker.report_pending("evaluate")
     return values
 
 

@@ -37,8 +37,8 @@ class EpochProgress:
     Under horovodrun the output is piped (never a terminal), so periodic lines are what users see there.
     """
 
-    def __init__(self, epoch: int, steps: int, interval: float = 60.0) -> None:
-        self.epoch, self.steps, self.interval = epoch, steps, interval
+    def __init__(self, epoch: int, steps: int, first_step: int = 0, interval: float = 60.0) -> None:
+        self.epoch, self.steps, self.first_step, self.interval = epoch, steps, first_step, interval
         self.is_terminal = sys.stderr.isatty()
         self.started = self.last_report = time.perf_counter()
 
@@ -48,13 +48,22 @@ class EpochProgress:
             print(f"\r  epoch {self.epoch} step {step}/{self.steps} loss {loss:.4f}", end="", file=sys.stderr)
         elif not self.is_terminal and now - self.last_report >= self.interval:
             self.last_report = now
-            eta = (now - self.started) / step * (self.steps - step)
+            eta = (now - self.started) / max(step - self.first_step, 1) * (self.steps - step)
             print(
                 f"  epoch {self.epoch} step {step}/{self.steps} loss {loss:.4f} "
                 f"epoch eta {format_duration(eta)}",
                 file=sys.stderr,
                 flush=True,
             )
+
+    def checkpointed(self, step: int) -> None:
+        """One line per checkpoint inside an epoch (every ``train.checkpoint_every_minutes``)."""
+        line_break = "\n" if self.is_terminal else ""  # below the progress bar, not over it
+        print(
+            f"{line_break}  checkpoint: epoch {self.epoch} step {step}/{self.steps}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.is_terminal:

@@ -1,12 +1,24 @@
-"""The train stage's run: MLflow run, resume, the epoch loop, checkpoints and the outputs it leaves.
+"""The train stage's run: MLflow run, resume, the epoch loop, checkpoints, faults and the outputs it leaves.
 
 :func:`run_training` drives a :class:`~summarizer.training.Trainer` on every rank; only the chief opens the
 MLflow run, checkpoints (outside the DVC outs, :mod:`summarizer.checkpoints`), prints progress and writes the
 model directory (:mod:`summarizer.model_directory`), the metrics and the history.
 
-Faults: an exception or a signal (SIGTERM, Ctrl-C) ends the chief's MLflow run FAILED or KILLED
-(:func:`summarizer.tracking.tracked_run`) and leaves the last checkpoint, so rerunning the stage with the same
-params and data resumes it, in the same MLflow run. A lost rank makes Horovod abort every rank.
+What a fault leaves behind (each proved by a test with real processes, signals and servers):
+
+* **Checkpoints**: after every epoch, and inside an epoch every ``train.checkpoint_every_minutes`` (the
+  chief's clock, agreed at a control collective): weights, optimizer, loop state, the position in the epoch
+  and every rank's partial sums. Rerunning the stage with the same params and data resumes at that step
+  with the same batches, in the same MLflow run, and ends with the weights of an uninterrupted run.
+* **SIGTERM / Ctrl-C** to any rank or to the launcher (:mod:`summarizer.preemption`): all ranks stop after
+  the same step (within about a second), the chief checkpoints, the run ends KILLED tagged with the step it
+  reached, and the stage exits 143 (130 for Ctrl-C) within a few seconds: inside horovodrun's 5 s grace.
+* **A lost rank** (killed, out of memory, a lost node): Horovod shuts down on the other ranks; the chief ends
+  the run KILLED, tagged as a lost rank, and exits; the launcher names the rank. The rerun resumes from the
+  last checkpoint.
+* **A tracking outage** after the run started (:mod:`summarizer.spool`): records are spooled and replayed;
+  training goes on, the outputs are written, and a warning says how many records are pending.
+* Anything else raises: the run ends FAILED with the error as a tag; the last checkpoint stays.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import io as text_io
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +48,9 @@ from summarizer.io import atomic_write_text, write_json
 from summarizer.metrics import perplexity
 from summarizer.model import build_model
 from summarizer.model_directory import ModelSettings, RunInfo, write_model_directory
+from summarizer.preemption import StepControl, StopRequest
 from summarizer.progress import EpochProgress, epoch_line
+from summarizer.spool import SpooledTracker
 from summarizer.tokenization import Tokenizer
 from summarizer.training import (
     Trainer,
@@ -60,6 +75,10 @@ HISTORY_COLUMNS = (
 STOP_AFTER_EPOCHS_VARIABLE = "SUMMARIZER_STOP_AFTER_EPOCHS"
 # Debug option: each rank writes its final weights to ``<dir>/weights-rank<N>.npz`` (tests compare ranks).
 DUMP_WEIGHTS_VARIABLE = "SUMMARIZER_DUMP_WEIGHTS_DIR"
+# Debug option: the control collective (stop? checkpoint?) every N steps instead of about every second, so a
+# test on a tiny model gets checkpoints inside its short epochs.
+CONTROL_EVERY_STEPS_VARIABLE = "SUMMARIZER_CONTROL_EVERY_STEPS"
+STOP_TAG = "summarizer.stopped"
 
 
 @dataclass(frozen=True)
@@ -81,14 +100,20 @@ def run_training(params: Params, distribution: Distribution, paths: TrainingPath
 
     Raises:
         tracking.TrackingError: the MLflow store is unreachable (checked before any training).
+        tracking.RunTerminated: stopped by a signal or a lost rank (checkpoint kept, run KILLED).
     """
     tracking_uri = _checked_tracking_uri(params, distribution, paths.root)
     checkpoint = None
     if distribution.is_chief:
         checkpoint = checkpoints.checkpoint_directory(paths.root, params, paths.data_dir)
     run_id = checkpoints.read_state(checkpoint)["run_id"] if checkpoint and checkpoint.is_dir() else None
-    with _chief_run(params, distribution, tracking_uri, run_id, paths.root) as tracker:
-        return _train(params, distribution, paths, checkpoint, tracker)
+    tracker = SpooledTracker(tracking.RunTracker(tracking_uri), paths.root) if distribution.is_chief else None
+    try:
+        with StopRequest() as stop, _chief_run(params, distribution, tracker, run_id, paths.root):
+            return _train(params, distribution, paths, checkpoint, tracker, stop)
+    finally:
+        if tracker is not None:
+            tracker.report_pending("train")
 
 
 def _checked_tracking_uri(params: Params, distribution: Distribution, root: Path) -> str:
@@ -108,11 +133,11 @@ def _checked_tracking_uri(params: Params, distribution: Distribution, root: Path
 
 @contextlib.contextmanager
 def _chief_run(
-    params: Params, distribution: Distribution, uri: str, run_id: str | None, root: Path
-) -> Iterator[Any]:
-    """The chief's MLflow run (new, or the checkpoint's run when resuming), marked FAILED/KILLED on errors."""
-    if not distribution.is_chief:
-        yield None
+    params: Params, distribution: Distribution, tracker: SpooledTracker | None, run_id: str | None, root: Path
+) -> Iterator[None]:
+    """The chief's MLflow run (new, or the checkpoint's run when resuming), ended FINISHED/FAILED/KILLED."""
+    if tracker is None:
+        yield
         return
     config = params.train
     tags = {
@@ -124,11 +149,11 @@ def _chief_run(
         "copy_attention": str(config.copy_attention),
     }
     name = tracking.run_name(config.cell, config.precision, distribution.size)
-    tracker = tracking.RunTracker(uri)
-    with tracking.tracked_run(tracker, params.tracking.experiment, name, tags, run_id=run_id):
+    # Signals are StopRequest's: a SIGTERM must not interrupt a step or a checkpoint half-way.
+    with tracking.tracked_run(tracker, params.tracking.experiment, name, tags, run_id, handle_sigterm=False):
         if run_id is None:
             tracker.log_params(params.to_flat_dict())
-        yield tracker
+        yield
 
 
 def _training_data(
@@ -146,8 +171,30 @@ def _training_data(
     return train_files, val_dataset, steps_per_epoch(train_files, config.batch_size, distribution)
 
 
+@dataclass
+class _Loop:
+    """What the epoch loop works with on every rank (``checkpoint`` and ``tracker`` on the chief only)."""
+
+    trainer: Trainer
+    data: tuple[Sequence[str], tf.data.Dataset, int]
+    checkpoint: Path | None
+    tracker: SpooledTracker | None
+    stop: StopRequest
+    control: StepControl
+    best_weights: list[np.ndarray]
+
+    @property
+    def distribution(self) -> Distribution:
+        return self.trainer.distribution
+
+
 def _train(
-    params: Params, distribution: Distribution, paths: TrainingPaths, checkpoint: Path | None, tracker: Any
+    params: Params,
+    distribution: Distribution,
+    paths: TrainingPaths,
+    checkpoint: Path | None,
+    tracker: SpooledTracker | None,
+    stop: StopRequest,
 ) -> dict[str, Any]:
     config, started = params.train, time.perf_counter()
     keras.utils.set_random_seed(config.seed)
@@ -159,16 +206,22 @@ def _train(
     state, best_weights = _restore(trainer, checkpoint, distribution)
     if tracker is not None:
         state.run_id = tracker.run_id
+    control = StepControl(distribution, stop, config.checkpoint_every_minutes, _control_every_steps())
+    loop = _Loop(trainer, data, checkpoint, tracker, stop, control, best_weights)
     timeline = paths.root / config.horovod.timeline if config.horovod.timeline else None
     if timeline:
         distribution.start_timeline(timeline)
-    while not state.stop_reason:
-        state, best_weights = _run_epoch(trainer, state, best_weights, data, tracker)
-        if checkpoint is not None:
-            checkpoints.save_checkpoint(
-                checkpoint, trainer.variables, dataclasses.asdict(state), best_weights
-            )
-        _stop_if_requested(state.epoch, distribution)
+    try:
+        while not state.stop_reason:
+            state = _run_epoch(loop, state)
+            _save(loop, state)
+            _stop_if_requested(state.epoch, distribution)
+            if not state.stop_reason and control.check().stop:  # a signal during validation
+                _stop_now(loop, state, saved=True)
+    except Exception as error:
+        if distribution.is_peer_failure(error):
+            _lost_rank(loop, state, error)
+        raise
     if timeline:
         distribution.stop_timeline()
     _dump_weights(trainer.model, distribution)
@@ -179,11 +232,17 @@ def _train(
         f"at epoch {state.best_epoch}",
         flush=True,
     )
-    trainer.model.set_weights(best_weights)
+    trainer.model.set_weights(loop.best_weights)
     metrics = _final_metrics(state, trainer.model, distribution, time.perf_counter() - started)
     _write_outputs(params, paths, trainer.model, state, metrics, tracker, timeline)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return metrics
+
+
+def _control_every_steps() -> int | None:
+    """The SUMMARIZER_CONTROL_EVERY_STEPS debug option: a control collective every N steps, not every ~1 s."""
+    value = os.environ.get(CONTROL_EVERY_STEPS_VARIABLE, "")
+    return int(value) if value else None
 
 
 def _restore(
@@ -194,46 +253,115 @@ def _restore(
     if checkpoint is not None and checkpoint.is_dir():
         saved, best_weights = checkpoints.load_checkpoint(checkpoint, trainer.variables)
         state = TrainingState(**saved)
-        print(f"resuming from {checkpoint} after epoch {state.epoch}", flush=True)
+        where = f"at step {state.epoch_step} of epoch {state.epoch + 1}" if state.epoch_step else ""
+        print(f"resuming from {checkpoint} {where or f'after epoch {state.epoch}'}", flush=True)
     state = distribution.broadcast_object(state)
     # Broadcast the variables: ranks start identical, from random weights or from the checkpoint.
     distribution.broadcast_variables(trainer.variables)
     return state, best_weights
 
 
-def _train_epoch(
-    trainer: Trainer, state: TrainingState, train_files: Sequence[str], steps: int
-) -> tuple[float, float, float]:
-    """Run ``steps`` steps (advancing ``state.step``); return the rank's loss sum, token count, last LR."""
-    config, distribution = trainer.config, trainer.distribution
-    epoch, loss_sum, tokens, learning_rate = state.epoch + 1, 0.0, 0.0, 0.0
-    progress = EpochProgress(epoch, steps) if distribution.is_chief else None
-    for index, batch in enumerate(train_dataset(train_files, config, epoch, steps, distribution)):
+def _save(loop: _Loop, state: TrainingState) -> None:
+    """The chief writes the checkpoint (atomically; the previous one stays until the new one is complete)."""
+    if loop.checkpoint is not None:
+        checkpoints.save_checkpoint(
+            loop.checkpoint, loop.trainer.variables, dataclasses.asdict(state), loop.best_weights
+        )
+    loop.control.checkpointed()
+
+
+def _stop_now(loop: _Loop, state: TrainingState, saved: bool) -> None:
+    """Every rank: checkpoint (unless just ``saved``), wait for the chief to finish it, end the run KILLED."""
+    loop.stop.draining = True  # further signals (horovodrun repeats SIGTERM) must not interrupt the save
+    if not saved:
+        _save(loop, state)
+    loop.distribution.barrier()  # a rank that exits early would make the launcher kill the chief mid-save
+    where = (
+        f"epoch {state.epoch + 1}, step {state.epoch_step}"
+        if state.epoch_step
+        else f"end of epoch {state.epoch}"
+    )
+    if loop.tracker is not None:
+        reason = f"stopped by {signal.Signals(loop.stop.signal_number or signal.SIGTERM).name} at {where}"
+        loop.tracker.set_tags({STOP_TAG: f"{reason} (global step {state.step}); checkpoint written"})
+        print(
+            f"train: {reason}: checkpoint written to {loop.checkpoint}; rerun the stage (`dvc repro`) to "
+            f"resume in MLflow run {loop.tracker.run_id}",
+            file=sys.stderr,
+            flush=True,
+        )
+    raise tracking.RunTerminated(loop.stop.exit_status())
+
+
+def _lost_rank(loop: _Loop, state: TrainingState, error: BaseException) -> None:
+    """Another rank died: end the run KILLED (not RUNNING, not FAILED), saying where to resume from."""
+    loop.stop.draining = True
+    last = "none yet"
+    if loop.checkpoint is not None and loop.checkpoint.is_dir():
+        saved = checkpoints.read_state(loop.checkpoint)
+        last = (
+            f"epoch {saved['epoch'] + 1}, step {saved['epoch_step']}"
+            if saved["epoch_step"]
+            else (f"end of epoch {saved['epoch']}")
+        )
+    message = (
+        f"lost a rank at global step {state.step}: another process of the job died (Horovod shut down: "
+        f"{str(error).splitlines()[0][-160:]}); the launcher's message names it. Last checkpoint: {last}; "
+        "rerun the stage to resume from it"
+    )
+    if loop.tracker is not None:
+        loop.tracker.set_tags({STOP_TAG: message})
+    print(f"train: error: {message}", file=sys.stderr, flush=True)
+    raise tracking.RunTerminated(1) from error
+
+
+def _train_epoch(loop: _Loop, state: TrainingState) -> tuple[float, float, float, float]:
+    """Run the epoch's remaining steps (advancing ``state``); checkpoint or stop where the control says.
+
+    Returns:
+        This rank's loss sum and token count over the whole epoch, the last LR, and the train seconds.
+    """
+    trainer, distribution, (train_files, _, steps) = loop.trainer, loop.distribution, loop.data
+    config, epoch = trainer.config, state.epoch + 1
+    partial = (
+        state.epoch_partials[distribution.rank] if state.epoch_partials else {"loss": 0.0, "tokens": 0.0}
+    )
+    loss_sum, tokens, learning_rate = partial["loss"], partial["tokens"], state.epoch_learning_rate
+    started, seconds_before = time.perf_counter(), state.epoch_train_seconds
+    progress = EpochProgress(epoch, steps, state.epoch_step) if distribution.is_chief else None
+    loop.control.restart_clock()
+    for batch in train_dataset(train_files, config, epoch, steps, distribution, skip=state.epoch_step):
         learning_rate = learning_rate_at(config, distribution.size, state.step, state.lr_scale)
         batch_loss, batch_tokens = trainer.train_step(batch, learning_rate)
-        loss_sum, tokens, state.step = loss_sum + batch_loss, tokens + batch_tokens, state.step + 1
+        loss_sum, tokens = loss_sum + batch_loss, tokens + batch_tokens
+        state.step, state.epoch_step = state.step + 1, state.epoch_step + 1
         if progress is not None:
-            progress.update(index + 1, loss_sum / max(tokens, 1.0))
+            progress.update(state.epoch_step, loss_sum / max(tokens, 1.0))
+        decision = loop.control.after_step()
+        if decision.checkpoint or decision.stop:
+            # Allgather: every rank's partial sums, so the resumed epoch reports what this one would have.
+            state.epoch_partials = distribution.allgather_object({"loss": loss_sum, "tokens": tokens})
+            state.epoch_train_seconds = seconds_before + time.perf_counter() - started
+            state.epoch_learning_rate = learning_rate
+            if decision.stop:
+                _stop_now(loop, state, saved=False)
+            _save(loop, state)
+            if progress is not None:
+                progress.checkpointed(state.epoch_step)
     if progress is not None:
         progress.close()
-    return loss_sum, tokens, learning_rate
+    return loss_sum, tokens, learning_rate, seconds_before + time.perf_counter() - started
 
 
-def _run_epoch(
-    trainer: Trainer,
-    state: TrainingState,
-    best_weights: list[np.ndarray],
-    data: tuple[Sequence[str], tf.data.Dataset, int],
-    tracker: Any,
-) -> tuple[TrainingState, list[np.ndarray]]:
+def _run_epoch(loop: _Loop, state: TrainingState) -> TrainingState:
     """One epoch of training and validation; returns the chief's updated state, as every rank must agree."""
-    (train_files, val_dataset, steps), config, distribution = data, trainer.config, trainer.distribution
-    start = time.perf_counter()
-    loss_sum, tokens, learning_rate = _train_epoch(trainer, state, train_files, steps)
-    train_seconds = time.perf_counter() - start
+    (_, val_dataset, steps), trainer, distribution = loop.data, loop.trainer, loop.distribution
+    config, start = trainer.config, time.perf_counter()
+    seconds_before = state.epoch_train_seconds
+    loss_sum, tokens, learning_rate, train_seconds = _train_epoch(loop, state)
     totals = distribution.average({"loss": loss_sum, "tokens": tokens})
     val_loss = trainer.evaluate(val_dataset)
-    seconds = time.perf_counter() - start
+    seconds = seconds_before + time.perf_counter() - start
     samples = steps * config.batch_size * distribution.size
     row = {
         "epoch": state.epoch + 1,
@@ -248,16 +376,17 @@ def _run_epoch(
         "train_seconds": train_seconds,
     }
     state.epoch, state.elapsed_seconds = state.epoch + 1, state.elapsed_seconds + seconds
+    state.epoch_step, state.epoch_partials, state.epoch_train_seconds = 0, [], 0.0
     state.history.append(row)
     update_after_epoch(state, config, val_loss)
     if state.best_epoch == state.epoch:
-        best_weights = trainer.model.get_weights()
+        loop.best_weights = trainer.model.get_weights()
     # Broadcast: the chief's clock and decisions (LR, stopping) hold on every rank.
     state = distribution.broadcast_object(state)
-    if tracker is not None:
-        tracker.log_metrics({name: row[name] for name in HISTORY_COLUMNS[1:6]}, step=state.epoch)
+    if loop.tracker is not None:
+        loop.tracker.log_metrics({name: row[name] for name in HISTORY_COLUMNS[1:6]}, step=state.epoch)
         print(epoch_line(row, config, state), flush=True)
-    return state, best_weights
+    return state
 
 
 def _stop_if_requested(epoch: int, distribution: Distribution) -> None:

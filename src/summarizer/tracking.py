@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 ARTIFACT_DIRECTORY = "mlartifacts"  # beside a sqlite database, as `mlflow server` names it
 ERROR_TAG = "summarizer.error"
-_STORE_ERRORS = (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError)
+STORE_ERRORS = (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError)
 _SERVER_HINT = (
     "Start it with `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db`"
 )
@@ -58,7 +58,7 @@ class TrackingError(ValueError):
 
 
 class RunTerminated(SystemExit):
-    """Raised in the main thread when the process receives SIGTERM inside :func:`tracked_run`."""
+    """The run was stopped from outside (SIGTERM, Ctrl-C, a lost rank): it ends KILLED, not FAILED."""
 
 
 def project_root() -> Path:
@@ -114,7 +114,8 @@ def _unreachable(uri: str, reason: object) -> TrackingError:
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (MLflow reads its HTTP settings from them per request)."""
     previous = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -155,9 +156,9 @@ def check_tracking_store(uri: str, timeout_seconds: float = 10) -> None:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     }
     try:
-        with _environment(http_limits):
+        with environment(http_limits):
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except _STORE_ERRORS as error:
+    except STORE_ERRORS as error:
         raise _unreachable(uri, str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
 
@@ -199,6 +200,10 @@ class RunTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._artifact_location = artifact_location or _default_artifact_location(tracking_uri)
         self._run_id: str | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._run_id is not None
 
     @property
     def run_id(self) -> str:
@@ -258,6 +263,10 @@ class RunTracker:
         self.set_tags(tags)
         return run_id
 
+    def attach(self, run_id: str) -> None:
+        """Log to the existing run ``run_id`` without changing its status (to replay records into it)."""
+        self._run_id = run_id
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flat params (dotted keys); values become strings (see :func:`param_value`), batched by 100.
 
@@ -270,8 +279,11 @@ class RunTracker:
         for batch in _batches(entries, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=batch)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        timestamp = int(time.time() * 1000)
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None
+    ) -> None:
+        """Log metrics at ``step``; ``timestamp`` (ms since the epoch) defaults to now."""
+        timestamp = int(time.time() * 1000) if timestamp is None else timestamp
         entries = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
         for batch in _batches(entries, MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=batch)
@@ -299,10 +311,11 @@ class RunTracker:
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
         self.client.log_dict(self.run_id, dict(dictionary), artifact_file)
 
-    def end(self, status: str = "FINISHED") -> None:
+    def end(self, status: str = "FINISHED", end_time: int | None = None) -> None:
+        """End the run with ``status``; ``end_time`` (ms since the epoch) defaults to now."""
         if status not in END_STATUSES:
             raise ValueError(f"run status: expected one of {', '.join(END_STATUSES)}, got {status!r}")
-        self.client.set_terminated(self.run_id, status)
+        self.client.set_terminated(self.run_id, status, end_time)
 
 
 def run_status(error: BaseException | None) -> str:
@@ -356,7 +369,7 @@ class _TrackedRun:
             if status == "FAILED":
                 self.tracker.set_tags({ERROR_TAG: f"{type(error).__name__}: {error}"})
             self.tracker.end(status)
-        except _STORE_ERRORS as store_error:
+        except STORE_ERRORS as store_error:
             if error is None:
                 raise
             logger.warning("could not mark MLflow run %s %s: %s", self.tracker.run_id, status, store_error)

@@ -50,6 +50,12 @@ class TrainingState:
     run_id: str | None = None
     stop_reason: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+    # Inside an epoch (a checkpoint between two epochs has epoch_step 0): the steps done of epoch + 1, and
+    # what the rest of the epoch adds to: every rank's loss and token sums, train seconds, the last LR.
+    epoch_step: int = 0
+    epoch_partials: list[dict[str, float]] = field(default_factory=list)
+    epoch_train_seconds: float = 0.0
+    epoch_learning_rate: float = 0.0
 
 
 def learning_rate_at(config: TrainConfig, size: int, step: int, lr_scale: float = 1.0) -> float:
@@ -191,9 +197,18 @@ def steps_per_epoch(files: Sequence[str], batch_size: int, distribution: Distrib
 
 
 def train_dataset(
-    files: Sequence[str], config: TrainConfig, epoch: int, steps: int, distribution: Distribution
+    files: Sequence[str],
+    config: TrainConfig,
+    epoch: int,
+    steps: int,
+    distribution: Distribution,
+    skip: int = 0,
 ) -> tf.data.Dataset:
-    """This rank's batches for ``epoch``, shuffled by ``seed + epoch``: a resumed run sees the same order."""
+    """This rank's batches for ``epoch``, shuffled by ``seed + epoch``, after the first ``skip``.
+
+    The order depends only on the seed and the epoch: a run resumed at step ``skip`` of an epoch sees the
+    batches the uninterrupted run would have seen.
+    """
     dataset = records.read_dataset(
         files,
         config.batch_size,
@@ -204,7 +219,7 @@ def train_dataset(
         shard_index=distribution.shard_index,
         drop_remainder=True,
     )
-    return dataset.take(steps)
+    return dataset.take(steps).skip(skip)
 
 
 __all__ = [

@@ -438,13 +438,7 @@ class Cluster:
             self.network.address, *(host.address for host in self.hosts), base=base | values
         )
 
-    def horovodrun(
-        self,
-        arguments: Sequence[str],
-        cwd: Path,
-        extra_environment: dict[str, str] | None = None,
-        timeout: float = 240,
-    ) -> subprocess.CompletedProcess:
+    def horovodrun_command(self, arguments: Sequence[str]) -> list[str]:
         """``horovodrun --gloo`` launched from inside host A, one slot on each host: ``python ARGUMENTS``."""
         options = {
             "-np": len(self.hosts),
@@ -462,8 +456,18 @@ class Cluster:
             sys.executable,
             *arguments,
         ]
+        return [str(part) for part in self.hosts[0].command(command)]
+
+    def horovodrun(
+        self,
+        arguments: Sequence[str],
+        cwd: Path,
+        extra_environment: dict[str, str] | None = None,
+        timeout: float = 240,
+    ) -> subprocess.CompletedProcess:
+        """Run :meth:`horovodrun_command` to its end."""
         return subprocess.run(
-            self.hosts[0].command(command),
+            self.horovodrun_command(arguments),
             cwd=cwd,
             env=self.environment(extra_environment),
             capture_output=True,

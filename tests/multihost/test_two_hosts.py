@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import yaml
 
 from summarizer import runner
 from tests.multihost import hosts
-from tests.workers.launch import check, horovodrun
+from tests.workers.launch import Watched, check, horovodrun
 from tests.workers.tiny_data import tiny_train_params, write_tokenized
 
 pytestmark = pytest.mark.slow
@@ -82,9 +83,9 @@ def tokenized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tokenized(tmp_path_factory.mktemp("data"))
 
 
-def train_arguments(directory: Path, data_dir: Path) -> list[str]:
+def train_arguments(directory: Path, data_dir: Path, **train: object) -> list[str]:
     """``-m pipeline.train`` with tiny params whose own tracking URI must be overridden by the environment."""
-    params = tiny_train_params(epochs=EPOCHS, workers=2)
+    params = tiny_train_params(**{"epochs": EPOCHS, "workers": 2, **train})
     params["tracking"] = {"tracking_uri": "sqlite:///params-store.db", "experiment": EXPERIMENT}
     (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     options = {
@@ -188,3 +189,29 @@ def test_two_hosts_train_like_one_host(
         name: run.metrics["samples_per_second"] for name, run in (("two", two_hosts), ("one", one_host))
     }
     print(f"samples/s: two hosts {throughput['two']:.1f}, one host {throughput['one']:.1f}")
+
+
+def test_killing_the_rank_on_host_b_ends_the_job_and_the_rerun_resumes(
+    cluster: hosts.Cluster, tokenized: Path, tmp_path: Path
+) -> None:
+    arguments = train_arguments(tmp_path, tokenized, epochs=4, checkpoint_every_minutes=0.00001)
+    every_step = {runner.CONTROL_EVERY_STEPS_VARIABLE: "1"}  # checkpoints inside the tiny epochs
+    job = Watched(cluster.horovodrun_command(arguments), tmp_path, cluster.environment(every_step))
+    job.wait_for(r"checkpoint: epoch 2 step")
+
+    killed = time.monotonic()
+    job.rank_process(1, marker=str(tmp_path / "params.yaml")).kill()  # host B's rank: OOM, or B is gone
+    status = job.finish(timeout=120)
+    seconds_to_exit = time.monotonic() - killed
+
+    assert status != 0 and seconds_to_exit < 60, (seconds_to_exit, job.output)
+    assert "lost a rank" in job.output and "Process name:" in job.output, job.output
+    (checkpoint,) = (tmp_path / ".checkpoints").glob("train-*")
+    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    client = mlflow.MlflowClient(cluster.tracking_uri)
+    run = client.get_run(state["run_id"])
+    assert run.info.status == "KILLED" and "lost a rank" in run.data.tags[runner.STOP_TAG]
+
+    resumed = check(cluster.horovodrun(arguments, cwd=tmp_path, extra_environment=every_step))
+    assert "resuming from" in resumed.stdout
+    assert client.get_run(state["run_id"]).info.status == "FINISHED"

@@ -1,11 +1,18 @@
-"""Start a worker script under the real ``horovodrun --gloo -np N`` on this machine."""
+"""Start a worker script under the real ``horovodrun --gloo -np N`` on this machine, and watch it run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import psutil
 
 from tests.conftest import REPO_ROOT
 
@@ -23,15 +30,9 @@ def horovod_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**environment, **(extra or {})}
 
 
-def horovodrun(
-    arguments: list[str],
-    workers: int = 2,
-    cwd: Path | None = None,
-    timeout: float = 300,
-    environment: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess:
-    """Run ``horovodrun --gloo -np workers -H localhost:workers python ARGUMENTS`` and return the result."""
-    command = [
+def horovodrun_command(arguments: Sequence[str], workers: int = 2) -> list[str]:
+    """``horovodrun --gloo -np workers -H localhost:workers python ARGUMENTS``."""
+    return [
         str(VENV_BIN / "horovodrun"),
         "--gloo",
         "-np",
@@ -41,6 +42,17 @@ def horovodrun(
         sys.executable,
         *arguments,
     ]
+
+
+def horovodrun(
+    arguments: list[str],
+    workers: int = 2,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    environment: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``horovodrun --gloo -np workers -H localhost:workers python ARGUMENTS`` and return the result."""
+    command = horovodrun_command(arguments, workers)
     return subprocess.run(
         command,
         cwd=cwd or REPO_ROOT,
@@ -57,3 +69,85 @@ def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
             f"{' '.join(result.args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+class Watched:
+    """A running command whose merged output is collected line by line, to act when a line appears."""
+
+    def __init__(self, command: Sequence[str], cwd: Path, environment: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [str(part) for part in command],
+            cwd=cwd,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match:
+        """The first output line matching ``pattern``; fails if the process ends or time runs out first."""
+        regex, deadline = re.compile(pattern), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := regex.search(line):
+                    return match
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        self.kill_all()
+        raise AssertionError(f"no line matching {pattern!r} (exit {self.process.poll()}):\n{self.output}")
+
+    def finish(self, timeout: float = 240) -> int:
+        """Wait for the exit (killing everything after ``timeout``); returns the exit status."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            raise
+        self._reader.join(10)
+        return self.process.returncode
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def rank_process(self, rank: int, marker: str = "") -> psutil.Process:
+        """The training process of ``rank`` (horovodrun sets HOROVOD_RANK in its environment).
+
+        Without ``marker`` it is looked for under this command; with one, among all processes whose command
+        line contains ``marker`` (a rank on another host is a child of that host's sshd, not of horovodrun).
+        """
+        candidates = self.descendants() if not marker else list(psutil.process_iter())
+        for process in candidates:
+            try:
+                if (
+                    process.environ().get("HOROVOD_RANK") == str(rank)
+                    and "python" in process.name()
+                    and marker in " ".join(process.cmdline())
+                ):
+                    return process
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        raise AssertionError(f"no process of rank {rank} found ({marker or f'under {self.process.pid}'})")
+
+    def kill_all(self) -> None:
+        """SIGKILL the command and every process under it at once (as a node loss or OOM kill would)."""
+        victims = [*self.descendants()]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victims.append(psutil.Process(self.process.pid))
+        for victim in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victim.kill()

@@ -17,13 +17,17 @@ TOKENIZE = TokenizeConfig(
 SPLIT_SIZES = {"train": 192, "val": 32, "test": 16}
 
 
-def write_tokenized(directory: Path, seed: int = 0) -> Path:
-    """Write ``directory/ingested/{split}.jsonl`` and tokenize them into ``directory/tokenized``."""
-    pairs = iter(make_pairs(sum(SPLIT_SIZES.values()), seed=seed))
+def write_tokenized(directory: Path, seed: int = 0, train_examples: int = SPLIT_SIZES["train"]) -> Path:
+    """Write ``directory/ingested/{split}.jsonl`` and tokenize them into ``directory/tokenized``.
+
+    192 train examples make 6 steps per epoch for 2 workers of 16; more make longer epochs.
+    """
+    sizes = {**SPLIT_SIZES, "train": train_examples}
+    pairs = iter(make_pairs(sum(sizes.values()), seed=seed))
     ingested, tokenized = directory / "ingested", directory / "tokenized"
     ingested.mkdir(parents=True, exist_ok=True)
     tokenized.mkdir(parents=True, exist_ok=True)
-    for split, count in SPLIT_SIZES.items():
+    for split, count in sizes.items():
         lines = []
         for index in range(count):
             text, summary = next(pairs)
