@@ -276,11 +276,7 @@ def _stop_now(loop: _Loop, state: TrainingState, saved: bool) -> None:
     if not saved:
         _save(loop, state)
     loop.distribution.barrier()  # a rank that exits early would make the launcher kill the chief mid-save
-    where = (
-        f"epoch {state.epoch + 1}, step {state.epoch_step}"
-        if state.epoch_step
-        else f"end of epoch {state.epoch}"
-    )
+    where = _position(state.epoch, state.epoch_step)
     if loop.tracker is not None:
         reason = f"stopped by {signal.Signals(loop.stop.signal_number or signal.SIGTERM).name} at {where}"
         loop.tracker.set_tags({STOP_TAG: f"{reason} (global step {state.step}); checkpoint written"})
@@ -293,21 +289,21 @@ def _stop_now(loop: _Loop, state: TrainingState, saved: bool) -> None:
     raise tracking.RunTerminated(loop.stop.exit_status())
 
 
+def _position(epoch: int, epoch_step: int) -> str:
+    """Where a run stands: inside epoch ``epoch + 1`` after ``epoch_step`` steps, or at the end of ``epoch``."""
+    return f"epoch {epoch + 1}, step {epoch_step}" if epoch_step else f"end of epoch {epoch}"
+
+
 def _lost_rank(loop: _Loop, state: TrainingState, error: BaseException) -> None:
     """Another rank died: end the run KILLED (not RUNNING, not FAILED), saying where to resume from."""
     loop.stop.draining = True
     last = "none yet"
     if loop.checkpoint is not None and loop.checkpoint.is_dir():
         saved = checkpoints.read_state(loop.checkpoint)
-        last = (
-            f"epoch {saved['epoch'] + 1}, step {saved['epoch_step']}"
-            if saved["epoch_step"]
-            else (f"end of epoch {saved['epoch']}")
-        )
+        last = _position(saved["epoch"], saved["epoch_step"])
     message = (
-        f"lost a rank at global step {state.step}: another process of the job died (Horovod shut down: "
-        f"{str(error).splitlines()[0][-160:]}); the launcher's message names it. Last checkpoint: {last}; "
-        "rerun the stage to resume from it"
+        f"lost a rank at global step {state.step}: another process of the job died and Horovod shut down "
+        f"(the launcher's message names the rank). Last checkpoint: {last}; rerun the stage to resume from it"
     )
     if loop.tracker is not None:
         loop.tracker.set_tags({STOP_TAG: message})
