@@ -290,7 +290,7 @@ def _stop_now(loop: _Loop, state: TrainingState, saved: bool) -> None:
 
 
 def _position(epoch: int, epoch_step: int) -> str:
-    """Where a run stands: inside epoch ``epoch + 1`` after ``epoch_step`` steps, or at the end of ``epoch``."""
+    """Where a run stands: ``epoch_step`` steps into epoch ``epoch + 1``, or at the end of ``epoch``."""
     return f"epoch {epoch + 1}, step {epoch_step}" if epoch_step else f"end of epoch {epoch}"
 
 
