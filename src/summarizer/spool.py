@@ -161,11 +161,18 @@ class SpooledTracker:
     def pending(self) -> int:
         return len(self.spool.pending())
 
-    def start(self, *arguments: Any, **keywords: Any) -> str:
-        """Create or resume the run (never spooled: a store unreachable at start fails fast), then replay."""
-        run_id = self.tracker.start(*arguments, **keywords)
-        self.flush()
-        return run_id
+    def start(
+        self, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None, run_id: str | None = None
+    ) -> str:
+        """Create or resume the run (never spooled: a store unreachable at start fails fast).
+
+        A resumed run first gets what an earlier stage spooled for it (its final status included), so this
+        stage's records come after them and its own status is the last word.
+        """
+        if run_id is not None:
+            self.tracker.attach(run_id)
+            self.flush()
+        return self.tracker.start(experiment, run_name, tags, run_id)
 
     def flush(self) -> int:
         """Try to send what is pending now; returns how many records are still pending."""
