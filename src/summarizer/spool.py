@@ -105,8 +105,9 @@ class Spool:
             write_json(self.directory / META_FILE, {"tracking_uri": tracking_uri})
         if "path" in record:
             source = Path(record["path"])
-            copy = self.directory / "files" / f"{len(self.pending()) + self._sent():05d}-{source.name}"
-            copy.parent.mkdir(exist_ok=True)
+            # One directory per record keeps the file's own name, which becomes the artifact's name.
+            copy = self.directory / "files" / f"{len(self.pending()) + self._sent():05d}" / source.name
+            copy.parent.mkdir(parents=True)
             if source.is_dir():
                 shutil.copytree(source, copy)
             else:
