@@ -43,6 +43,11 @@ def test_a_missing_section_or_key_takes_its_default() -> None:
         ),
         ({"train": {"copy_attention": "yes"}}, "train.copy_attention: expected true or false, got 'yes'"),
         ({"train": "gru"}, "train: expected a mapping of TrainConfig keys"),
+        (
+            {"ingest": {"source": "apt"}},
+            "ingest.source: expected one of debian, debian-live, file, got 'apt'",
+        ),
+        ({"ingest": {"max_records": -1}}, "ingest.max_records: expected an integer >= 0 (0 = all records)"),
     ],
 )
 def test_a_bad_value_fails_naming_its_key(values: dict, message: str) -> None:

@@ -41,7 +41,7 @@ class SplitConfig:
 class IngestConfig:
     """Where the corpus comes from and which records are kept."""
 
-    source: Literal["debian", "file"] = "debian"
+    source: Literal["debian", "debian-live", "file"] = "debian"
     path: str = ""
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
     text_column: str = "text"
@@ -55,8 +55,14 @@ class IngestConfig:
     max_group_key_records: int = 50
     split: SplitConfig = field(default_factory=SplitConfig)
     seed: int = 13
+    max_records: int = 0  # 0: all; N: a seeded sample of N input records
 
     def validate(self, key: str) -> None:
+        _check(
+            self.max_records >= 0,
+            f"{key}.max_records",
+            f"expected an integer >= 0 (0 = all records), got {self.max_records}",
+        )
         if self.source == "file":
             _check(
                 bool(self.path),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +38,14 @@ def test_help_describes_the_options(tmp_path: Path) -> None:
     result = run_stage(tmp_path, "--help")
 
     assert result.returncode == 0
-    for option in ("--params", "--raw-dir", "--out-dir", "--stats", "data/ingested", "metrics/ingest.json"):
+    for option in (
+        "--params",
+        "--raw-dir",
+        "--debian-snapshot",
+        "--stats",
+        "corpora/debian",
+        "metrics/ingest.json",
+    ):
         assert option in result.stdout
 
 
@@ -102,3 +111,27 @@ def test_invalid_params_exit_2_naming_the_key(tmp_path: Path) -> None:
         "ingest: error: params.yaml: ingest.min_text_words: expected an integer >= 1"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_default_params_read_the_pinned_snapshot_and_say_so(tmp_path: Path) -> None:
+    """The shipped snapshot through the real stage (a 500-record sample keeps it quick): no apt involved."""
+    shutil.copytree(REPO_ROOT / "corpora/debian", tmp_path / "corpora/debian")
+    write_params(tmp_path, {"max_records": 500})
+
+    result = run_stage(tmp_path, *STAGE_ARGUMENTS)
+
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "corpora/debian/SNAPSHOT.json").read_text(encoding="utf-8"))
+    source = json.loads((tmp_path / "data/raw/SOURCE.json").read_text(encoding="utf-8"))
+    assert (
+        source["source"] == "debian" and source["pinned_snapshot"] == "corpora/debian/Translation-en.txt.xz"
+    )
+    assert {key: source[key] for key in ("sha256", "xz_sha256", "fetched_at", "suites")} == {
+        key: manifest[key] for key in ("sha256", "xz_sha256", "fetched_at", "suites")
+    }
+    raw = (tmp_path / "data/raw/Translation-en.txt").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == manifest["sha256"]
+    stats = json.loads((tmp_path / "metrics/ingest.json").read_text(encoding="utf-8"))
+    assert stats["input_records"] == 500 and stats["sample"]["from_records"] == manifest["packages"]
+    assert "reading the pinned Debian snapshot corpora/debian/Translation-en.txt.xz" in result.stderr
+    assert "fetching" not in result.stderr
