@@ -152,7 +152,7 @@ class TrainConfig:
     dropout: float = 0.1
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     batch_size: int = 64
-    epochs: int = 10
+    epochs: int = 5
     learning_rate: float = 0.001
     warmup_steps: int = 200
     weight_decay: float = 0.0001
@@ -162,7 +162,7 @@ class TrainConfig:
     lr_reduce_patience: int = 1
     lr_reduce_factor: float = 0.5
     min_learning_rate: float = 0.00001
-    max_wall_minutes: float = 18.0
+    max_wall_minutes: float = 0.0  # an opt-in cap; 0: none
     checkpoint_every_minutes: float = 10.0
     seed: int = 42
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
@@ -208,7 +208,11 @@ class TrainConfig:
             f"{key}.checkpoint_every_minutes",
             f"expected minutes >= 0 (0 = only at epoch ends), got {self.checkpoint_every_minutes}",
         )
-        _check(self.max_wall_minutes > 0, f"{key}.max_wall_minutes", "expected a number of minutes > 0")
+        _check(
+            self.max_wall_minutes >= 0,
+            f"{key}.max_wall_minutes",
+            f"expected a number of minutes >= 0 (0 = no cap), got {self.max_wall_minutes}",
+        )
         self.horovod.validate(f"{key}.horovod")
 
 
