@@ -256,6 +256,7 @@ def test_run_ingest_writes_splits_snapshot_provenance_and_stats(tmp_path: Path) 
         "source": "file",
         "path": str(corpus),
         "format": "csv",
+        "delimiter": ",",
         "sha256": expected_sha,
         "bytes": corpus.stat().st_size,
         "records": 123,

@@ -44,6 +44,7 @@ class IngestConfig:
     source: Literal["debian", "debian-live", "file"] = "debian"
     path: str = ""
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    delimiter: Literal["auto", ",", ";", "\t", "|"] = "auto"  # CSV only; auto: the one the header splits on
     text_column: str = "text"
     summary_column: str = "summary"
     group_column: str = ""

@@ -21,6 +21,7 @@ from summarizer.readers import (
     IngestError,
     SourceRecord,
     read_records,
+    resolve_delimiter,
     resolve_format,
 )
 
@@ -64,8 +65,13 @@ def open_source(
     file_format = resolve_format(path, config.format)
     sha256, num_bytes = _file_digest(path)
     info = {"source": "file", "path": str(path), "format": file_format, "sha256": sha256, "bytes": num_bytes}
-    LOG.info("reading %s (%s, %d bytes)", path, file_format, num_bytes)
-    return info, read_records(path, file_format, _columns(config))
+    delimiter = ","
+    if file_format == "csv":
+        delimiter = info["delimiter"] = resolve_delimiter(path, config.delimiter, _columns(config))
+        LOG.info("reading %s (csv, delimiter %r, %d bytes)", path, delimiter, num_bytes)
+    else:
+        LOG.info("reading %s (%s, %d bytes)", path, file_format, num_bytes)
+    return info, read_records(path, file_format, _columns(config), delimiter)
 
 
 def _debian_source(raw_staging: Path, pinned_dir: Path | None) -> tuple[dict[str, Any], list[SourceRecord]]:
