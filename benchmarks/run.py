@@ -147,7 +147,7 @@ def full_plan(params: Params) -> Plan:
         defaults=train,
         peer_shapes=Shapes(vocab_size=8000, source_length=80, target_length=16, batch_size=64),
         default_shapes=Shapes(
-            tokenize.vocab_size, tokenize.max_source_tokens, tokenize.max_target_tokens, train.batch_size
+            tokenize.max_vocab_size, tokenize.max_source_tokens, tokenize.max_target_tokens, train.batch_size
         ),
         classic_timing=Timing(warmup_steps=4, steps=6, repetitions=3),
         timing=Timing(warmup_steps=8, steps=8, repetitions=5),

@@ -7,6 +7,8 @@ values raise :class:`ConfigError` before any work starts, naming the dotted key 
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+AUTO_VOCAB_SIZE = 8000  # tokenize.vocab_size: auto asks for this many pieces, fewer if the corpus is small
 
 
 class ConfigError(ValueError):
@@ -100,7 +104,8 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class TokenizeConfig:
-    vocab_size: int = 8000
+    # "auto": AUTO_VOCAB_SIZE pieces, or the most the train split allows if that is fewer (a small corpus).
+    vocab_size: int | Literal["auto"] = "auto"
     model_type: Literal["unigram", "bpe"] = "unigram"
     character_coverage: float = 0.9995
     max_source_tokens: int = 80
@@ -110,11 +115,16 @@ class TokenizeConfig:
     seed: int = 13
     num_threads: int = 2
 
+    @property
+    def max_vocab_size(self) -> int:
+        """The pieces asked of sentencepiece: ``vocab_size``, or AUTO_VOCAB_SIZE for "auto"."""
+        return AUTO_VOCAB_SIZE if self.vocab_size == "auto" else self.vocab_size
+
     def validate(self, key: str) -> None:
         _check(
-            100 <= self.vocab_size <= 1_000_000,
+            self.vocab_size == "auto" or 100 <= self.vocab_size <= 1_000_000,
             f"{key}.vocab_size",
-            f"expected 100..1000000, got {self.vocab_size}",
+            f"expected auto or 100..1000000, got {self.vocab_size}",
         )
         _check(0.9 <= self.character_coverage <= 1.0, f"{key}.character_coverage", "expected 0.9..1.0")
         _check(self.max_source_tokens >= 4, f"{key}.max_source_tokens", "expected an integer >= 4")
@@ -304,15 +314,33 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _choice_name(choice: Any) -> str:
+    """A choice as users write it: bare words bare, punctuation and whitespace quoted (``';'``, ``'\\t'``)."""
+    return str(choice) if re.fullmatch(r"[\w.-]+", str(choice)) else repr(choice)
+
+
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(member) for member in typing.get_args(annotation))
+    if annotation is int:
+        return "an integer"
+    if typing.get_origin(annotation) is Literal and len(typing.get_args(annotation)) == 1:
+        return repr(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) is Literal:
-        return "one of " + ", ".join(str(choice) for choice in typing.get_args(annotation))
+        return "one of " + ", ".join(_choice_name(choice) for choice in typing.get_args(annotation))
     return getattr(annotation, "__name__", str(annotation))
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation and return it in the field's type."""
     origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # the first member that takes the value
+        for member in typing.get_args(annotation):
+            try:
+                return _convert(value, member, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
     if dataclasses.is_dataclass(annotation):
         _check(
             isinstance(value, Mapping),
@@ -399,6 +427,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 __all__ = [
+    "AUTO_VOCAB_SIZE",
     "ConfigError",
     "EvaluateConfig",
     "HorovodConfig",
