@@ -3,9 +3,9 @@
 Usage: python -m benchmarks.run [--quick] [--only GROUP ...] [--out benchmarks/results] [--params params.yaml]
        python -m benchmarks.run --table      (print the table of the results file, measure nothing)
 
-Groups: training, decoding, scaling, checkpointing, precision, parameters, tokenize. Each figure is stored
-under its own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``); ``--only``
-re-measures some groups and keeps the other figures of an existing results file.
+Groups: training, decoding, scaling, checkpointing, precision, determinism, parameters, tokenize. Each
+figure is stored under its own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``);
+``--only`` re-measures some groups and keeps the other figures of an existing results file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, decoding_speed, scaling, tokenize_speed, training_speed
+from benchmarks import common, decoding_speed, determinism, scaling, tokenize_speed, training_speed
 from benchmarks.classic import ClassicConfig, build_classic
 from benchmarks.common import Shapes, figure
 from benchmarks.training_speed import Timing
@@ -33,7 +33,16 @@ from summarizer.io import read_json, write_json
 from summarizer.model import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("training", "decoding", "scaling", "checkpointing", "precision", "parameters", "tokenize")
+GROUPS = (
+    "training",
+    "decoding",
+    "scaling",
+    "checkpointing",
+    "precision",
+    "determinism",
+    "parameters",
+    "tokenize",
+)
 SEED = 1234
 CHILD_FLAG = "--in-process"
 # The peer: OpenNMT-py 3.5.1 on this 2-core CPU (measured by them; not re-measured here).
@@ -51,6 +60,7 @@ TARGETS = {
     "beam4_summaries_per_second": 165.0,
     "beam4_speedup": 25.0,
     "scaling_efficiency": 0.8,
+    "determinism_cost_percent": 5.0,  # "where it costs little": op determinism may slow the step by this much
     "gru_fewer_recurrent_percent": 25.0,
     "tokenize_rss_ratio": 1.2,  # "flat": peak RSS grows by at most 20% when the corpus grows
     "checkpointing_cost_percent": 3.0,  # stop/checkpoint control at the default interval, vs none
@@ -72,6 +82,7 @@ class Plan:
     timing: Timing
     scaling_timing: Timing
     scaling_rounds: int  # 1 and 2 workers are measured alternately, this many times each
+    determinism_rounds: int  # op determinism off and on are measured alternately, this many times each
     decoding: EvaluateConfig  # params.yaml's evaluate section
     decode_texts: int
     classic_decode_texts: int
@@ -136,12 +147,13 @@ def full_plan(params: Params) -> Plan:
         defaults=train,
         peer_shapes=Shapes(vocab_size=8000, source_length=80, target_length=16, batch_size=64),
         default_shapes=Shapes(
-            tokenize.vocab_size, tokenize.max_source_tokens, tokenize.max_target_tokens, train.batch_size
+            tokenize.max_vocab_size, tokenize.max_source_tokens, tokenize.max_target_tokens, train.batch_size
         ),
         classic_timing=Timing(warmup_steps=4, steps=6, repetitions=3),
         timing=Timing(warmup_steps=8, steps=8, repetitions=5),
         scaling_timing=Timing(warmup_steps=6, steps=16, repetitions=5),
         scaling_rounds=2,
+        determinism_rounds=2,
         decoding=params.evaluate,
         decode_texts=8 * params.evaluate.batch_size,
         classic_decode_texts=64,
@@ -173,6 +185,7 @@ def quick_plan(params: Params) -> Plan:
         timing=Timing(warmup_steps=1, steps=2, repetitions=2),
         scaling_timing=Timing(warmup_steps=1, steps=2, repetitions=2),
         scaling_rounds=1,
+        determinism_rounds=1,
         decoding=replace(params.evaluate, batch_size=4),
         decode_texts=8,
         classic_decode_texts=4,
@@ -385,6 +398,32 @@ def run_precision(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def run_determinism(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """Our default model's train step with op determinism off and on, each in a fresh process, alternately."""
+    repetitions: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(plan.determinism_rounds):
+        for deterministic in repetitions:
+            result = determinism.measure_in_child(
+                deterministic,
+                plan.defaults,
+                plan.default_shapes,
+                plan.timing,
+                SEED,
+                plan.horovod_timeout_seconds,
+            )
+            if result["op_determinism"] != deterministic:
+                raise RuntimeError(f"op determinism is {result['op_determinism']}, expected {deterministic}")
+            repetitions[deterministic].extend(result["repetitions"])
+    off, on = (common.summary_of(repetitions[setting])["median"] for setting in (False, True))
+    return {
+        "determinism_off_samples_per_second": figure(off, "samples/s", repetitions=repetitions[False]),
+        "determinism_on_samples_per_second": figure(on, "samples/s", repetitions=repetitions[True]),
+        "determinism_cost_percent": figure(
+            100.0 * (1.0 - on / off), "% slower", TARGETS["determinism_cost_percent"], "<="
+        ),
+    }
+
+
 def run_parameters(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     """GRU vs LSTM parameter counts of our default model (equal units, embedding and vocabulary)."""
     counts = training_speed.parameter_counts(plan.defaults, plan.default_shapes.vocab_size)
@@ -473,6 +512,7 @@ RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
     "scaling": run_scaling,
     "checkpointing": run_checkpointing,
     "precision": run_precision,
+    "determinism": run_determinism,
     "parameters": run_parameters,
     "tokenize": run_tokenize,
 }
@@ -543,8 +583,8 @@ def merged_results(path: Path, keep_previous: bool) -> dict[str, Any]:
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description="Measure training, decoding, scaling, precision, parameter counts and tokenize "
-        "throughput; print a Markdown table and write the results JSON.",
+        description="Measure training, decoding, scaling, precision, the cost of op determinism, parameter "
+        "counts and tokenize throughput; print a Markdown table and write the results JSON.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes (seconds, not minutes); for the smoke test"

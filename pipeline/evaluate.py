@@ -15,6 +15,7 @@ from pipeline import stage
 from summarizer import tracking
 from summarizer.config import Params
 from summarizer.evaluation import run_evaluation, summary_text
+from summarizer.reproducibility import make_deterministic
 
 PROGRAM = "evaluate"
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(arguments: argparse.Namespace, params: Params) -> None:
+    make_deterministic()
     values = run_evaluation(
         params,
         model_dir=arguments.model_dir,

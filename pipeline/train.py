@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline import stage
 from summarizer import distribution, runner, tracking
 from summarizer.config import Params
+from summarizer.reproducibility import make_deterministic
 
 PROGRAM = "train"
 
@@ -43,9 +44,9 @@ def run(arguments: argparse.Namespace, params: Params) -> None:
         history=arguments.history,
         root=arguments.root or tracking.project_root(),
     )
-    runner.run_training(
-        params, distribution.init(dynamic_timeline=bool(params.train.horovod.timeline)), paths
-    )
+    ranks = distribution.init(dynamic_timeline=bool(params.train.horovod.timeline))
+    make_deterministic(params.train.seed)  # after init, which sets the thread counts
+    runner.run_training(params, ranks, paths)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,11 +67,14 @@ def make_pairs(count: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def write_csv(
-    path: Path, pairs: list[tuple[str, str]], columns: tuple[str, str] = ("text", "summary")
+    path: Path,
+    pairs: list[tuple[str, str]],
+    columns: tuple[str, str] = ("text", "summary"),
+    delimiter: str = ",",
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, delimiter=delimiter)
         writer.writerow(columns)
         writer.writerows(pairs)
     return path

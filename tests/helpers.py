@@ -6,7 +6,9 @@ Test modules import from here (or from conftest), never from each other.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import lzma
 import os
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from summarizer import debian
 from summarizer.config import TokenizeConfig, TrainConfig
 from summarizer.distribution import LocalDistribution
 from summarizer.io import jsonl_text
@@ -152,3 +155,23 @@ class LoopbackMlflowServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
         self.process = None
+
+
+def write_pinned(directory: Path, text: str, **manifest_overrides: object) -> Path:
+    """A pinned Debian snapshot of ``text`` as ``debian.pin_snapshot`` writes it: xz file and manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    compressed = lzma.compress(text.encode())
+    (directory / debian.PINNED_FILE).write_bytes(compressed)
+    manifest = {
+        "file": debian.PINNED_FILE,
+        "xz_sha256": hashlib.sha256(compressed).hexdigest(),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "bytes": len(text.encode()),
+        "fetched_at": "2026-11-30T03:07:08+00:00",
+        "suites": ["bookworm"],
+        "apt_index_files": ["deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en.lz4"],
+        "apt_releases": {"deb.debian.org_debian_dists_bookworm_InRelease": "Sat, 11 Jul 2026 10:16:37 UTC"},
+        **manifest_overrides,
+    }
+    (directory / debian.MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
+    return directory

@@ -157,7 +157,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["versions"]["tensorflow"] == tf.__version__
     assert set(results["groups"]) == set(run.GROUPS)
     keys = run.figure_keys(results)
-    assert len(keys) == 37
+    assert len(keys) == 40
     for key in keys:
         assert {"value", "unit", "target", "met"} <= set(results[key]), key
         assert f"| {key} |" in result.stdout
@@ -180,6 +180,10 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["scaling_one_worker_samples_per_second"]["intra_op_threads"] == 1
     assert value["checkpoint_save_seconds"] > 0 and value["checkpointing_on_samples_per_second"] > 0
     assert results["checkpointing_cost_percent"]["met"] == (value["checkpointing_cost_percent"] <= 3.0)
+    assert value["determinism_cost_percent"] == pytest.approx(
+        100 * (1 - value["determinism_on_samples_per_second"] / value["determinism_off_samples_per_second"]),
+        rel=1e-3,
+    )
     assert run.main(["--quick", "--out", str(tmp_path), "--table"]) == 0
     assert "| scaling_efficiency |" in capsys.readouterr().out
 

@@ -8,13 +8,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from summarizer.config import ConfigError, Params, load_params, params_from_dict
+from summarizer.config import AUTO_VOCAB_SIZE, ConfigError, Params, load_params, params_from_dict
 from tests.conftest import REPO_ROOT
 
 
 def test_the_committed_params_file_matches_the_defaults() -> None:
     """params.yaml documents every key with its default value, so the two cannot drift apart."""
     assert load_params(REPO_ROOT / "params.yaml") == Params()
+
+
+def test_vocab_size_is_auto_by_default_or_an_exact_number() -> None:
+    assert (
+        Params().tokenize.vocab_size == "auto" and Params().tokenize.max_vocab_size == AUTO_VOCAB_SIZE == 8000
+    )
+    exact = params_from_dict({"tokenize": {"vocab_size": 500}}).tokenize
+    assert (exact.vocab_size, exact.max_vocab_size) == (500, 500)
 
 
 def test_a_missing_section_or_key_takes_its_default() -> None:
@@ -32,6 +40,15 @@ def test_a_missing_section_or_key_takes_its_default() -> None:
         ({"train": {"horovod": {"cycle_time": 5}}}, "train.horovod.cycle_time: unknown key"),
         ({"tokenize": {"seed": -1}}, "tokenize.seed: expected an integer >= 0, got -1"),
         ({"tokenize": {"num_threads": 0}}, "tokenize.num_threads: expected 1..256, got 0"),
+        (
+            {"tokenize": {"vocab_size": "big"}},
+            "tokenize.vocab_size: expected an integer or 'auto', got 'big'",
+        ),
+        ({"tokenize": {"vocab_size": 50}}, "tokenize.vocab_size: expected auto or 100..1000000, got 50"),
+        (
+            {"ingest": {"delimiter": ":"}},
+            "ingest.delimiter: expected one of auto, ',', ';', '\\t', '|', got ':'",
+        ),
         ({"tokenize": {"num_threads": 2.5}}, "tokenize.num_threads: expected an integer, got 2.5"),
         (
             {"tokenize": {"input_sentence_size": 999}},
@@ -43,6 +60,11 @@ def test_a_missing_section_or_key_takes_its_default() -> None:
         ),
         ({"train": {"copy_attention": "yes"}}, "train.copy_attention: expected true or false, got 'yes'"),
         ({"train": "gru"}, "train: expected a mapping of TrainConfig keys"),
+        (
+            {"ingest": {"source": "apt"}},
+            "ingest.source: expected one of debian, debian-live, file, got 'apt'",
+        ),
+        ({"ingest": {"max_records": -1}}, "ingest.max_records: expected an integer >= 0 (0 = all records)"),
     ],
 )
 def test_a_bad_value_fails_naming_its_key(values: dict, message: str) -> None:

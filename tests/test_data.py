@@ -17,10 +17,12 @@ from summarizer.data import (
     count_leaks,
     group_records,
     run_ingest,
+    sample_records,
     split_of,
 )
 from summarizer.readers import IngestError, SourceRecord
 from tests.conftest import make_pairs, write_csv, write_jsonl
+from tests.helpers import write_pinned
 
 BOILERPLATE = "This package contains the development files needed to build programs that use the library."
 
@@ -254,6 +256,7 @@ def test_run_ingest_writes_splits_snapshot_provenance_and_stats(tmp_path: Path) 
         "source": "file",
         "path": str(corpus),
         "format": "csv",
+        "delimiter": ",",
         "sha256": expected_sha,
         "bytes": corpus.stat().st_size,
         "records": 123,
@@ -278,3 +281,76 @@ def test_a_failing_run_leaves_the_previous_outputs_untouched(tmp_path: Path) -> 
     after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path != corpus}
     assert after == before
     assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["ingested", "raw"]
+
+
+# The pinned Debian snapshot and sampling -------------------------------------------------------------------
+
+
+def debian_stanzas(count: int) -> str:
+    """Translation-en stanzas of the synthetic pairs, one package each (its name: the text's first word)."""
+    return "".join(
+        f"Package: {text.split()[0]}\nDescription-en: {summary}\n {text}\n\n"
+        for text, summary in make_pairs(count)
+    )
+
+
+def test_the_default_source_reads_the_pinned_snapshot_and_records_its_provenance(tmp_path: Path) -> None:
+    pinned = write_pinned(tmp_path / "pinned", debian_stanzas(90))
+    manifest = json.loads((pinned / "SNAPSHOT.json").read_text())
+    config = IngestConfig(split=SplitConfig(val=0.2, test=0.2))  # source: debian, the default
+
+    runs = [
+        run_ingest(
+            config, tmp_path / name / "raw", tmp_path / name / "ingested", tmp_path / name / "s.json", pinned
+        )
+        for name in ("first", "second")
+    ]
+
+    assert runs[0] == runs[1] and runs[0]["input_records"] == 90
+    for name in ("raw/SOURCE.json", "raw/Translation-en.txt", "ingested/train.jsonl", "ingested/test.jsonl"):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+    assert (tmp_path / "first/raw/Translation-en.txt").read_text() == debian_stanzas(90)
+    source = json.loads((tmp_path / "first/raw/SOURCE.json").read_text())
+    assert source == {
+        "source": "debian",
+        "pinned_snapshot": str(pinned / "Translation-en.txt.xz"),
+        "xz_sha256": manifest["xz_sha256"],
+        "sha256": manifest["sha256"],
+        "bytes": manifest["bytes"],
+        "fetched_at": "2026-11-30T03:07:08+00:00",
+        "suites": ["bookworm"],
+        "apt_releases": manifest["apt_releases"],
+        "apt_index_files": manifest["apt_index_files"],
+        "snapshot": "Translation-en.txt",
+        "records": 90,
+        "packages": 90,
+    }
+
+
+def test_a_missing_pinned_snapshot_fails_before_any_output(tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match=r"pinned Debian snapshot is missing"):
+        run_ingest(IngestConfig(), tmp_path / "raw", tmp_path / "ingested", tmp_path / "s.json", tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_sample_records_is_seeded_uniform_and_keeps_input_order() -> None:
+    records = [SourceRecord(str(index), f"text {index}", "summary") for index in range(1000)]
+
+    sample, total = sample_records(iter(records), 100, seed=13)
+
+    assert total == 1000 and len(sample) == 100
+    assert [int(record.id) for record in sample] == sorted(int(record.id) for record in sample)
+    assert sample == sample_records(iter(records), 100, seed=13)[0]
+    assert sample != sample_records(iter(records), 100, seed=14)[0]
+    assert 300 < sum(int(record.id) for record in sample) / 100 < 700  # spread over the whole input
+    assert sample_records(iter(records[:50]), 100, seed=13) == (records[:50], 50)
+
+
+def test_max_records_ingests_a_sample_and_says_so_in_the_stats(tmp_path: Path) -> None:
+    corpus = write_csv(tmp_path / "corpus.csv", make_pairs(400))
+    config = ingest_config(corpus, max_records=120, split=SplitConfig(val=0.2, test=0.2))
+
+    stats = run_ingest(config, tmp_path / "raw", tmp_path / "ingested", tmp_path / "ingest.json")
+
+    assert stats["input_records"] == 120 and stats["sample"] == {"max_records": 120, "from_records": 400}
+    assert json.loads((tmp_path / "raw/SOURCE.json").read_text())["records"] == 400

@@ -1,15 +1,19 @@
-"""The Debian Translation-en parser, package stems and apt checks, on fixtures written here (no network)."""
+"""Debian Translation-en parser, package stems, apt checks and the pinned snapshot (a slow test fetches)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from summarizer import debian
 from summarizer.debian import DebianError, DebianRecord, package_stem, parse_translations, read_snapshot
+from tests.conftest import REPO_ROOT
+from tests.helpers import write_pinned
 
 TRANSLATION = """\
 Package: 0xffff
@@ -135,3 +139,88 @@ def test_write_snapshot_decompresses_and_concatenates_in_order(tmp_path: Path) -
 def test_write_snapshot_reports_an_unreadable_index_file(tmp_path: Path) -> None:
     with pytest.raises(DebianError, match=r"missing_Translation-en: apt-helper cat-file failed"):
         debian.write_snapshot([tmp_path / "missing_Translation-en"], tmp_path / "snapshot.txt")
+
+
+# The pinned snapshot ---------------------------------------------------------------------------------------
+
+
+def test_read_pinned_snapshot_decompresses_and_checks_the_checksum(tmp_path: Path) -> None:
+    pinned = write_pinned(tmp_path / "pinned", TRANSLATION)
+
+    snapshot, manifest = debian.read_pinned_snapshot(pinned, tmp_path / "Translation-en.txt")
+
+    assert snapshot.path.read_text(encoding="utf-8") == TRANSLATION
+    assert snapshot.sha256 == hashlib.sha256(TRANSLATION.encode()).hexdigest() == manifest["sha256"]
+    assert snapshot.num_bytes == len(TRANSLATION.encode())
+    assert snapshot.index_files == ("deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en.lz4",)
+
+
+def test_a_damaged_pinned_snapshot_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    replaced = write_pinned(tmp_path / "replaced", TRANSLATION.replace("Flasher", "Flusher"))
+    manifest = json.loads((replaced / debian.MANIFEST_FILE).read_text())
+    manifest["sha256"] = hashlib.sha256(TRANSLATION.encode()).hexdigest()
+    (replaced / debian.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(DebianError, match=r"Translation-en\.txt\.xz: decompressed sha256 \w+ differs from"):
+        debian.read_pinned_snapshot(replaced, tmp_path / "out.txt")
+
+    truncated = write_pinned(tmp_path / "truncated", TRANSLATION)
+    xz_path = truncated / debian.PINNED_FILE
+    xz_path.write_bytes(xz_path.read_bytes()[:40])
+    with pytest.raises(DebianError, match=r"not a readable xz file .*restore it from git"):
+        debian.read_pinned_snapshot(truncated, tmp_path / "out.txt")
+
+    no_keys = write_pinned(tmp_path / "no-keys", TRANSLATION)
+    (no_keys / debian.MANIFEST_FILE).write_text('{"sha256": "0"}')
+    with pytest.raises(DebianError, match=r"SNAPSHOT\.json: missing key\(s\) xz_sha256, fetched_at"):
+        debian.read_pinned_snapshot(no_keys, tmp_path / "out.txt")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DebianError, match=r"snapshot is missing; restore it .*ingest\.source: debian-live"):
+        debian.check_pinned_snapshot(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("index_file", "suite"),
+    [
+        ("deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en.lz4", "bookworm"),
+        ("deb.debian.org_debian_dists_bookworm-updates_main_i18n_Translation-en.lz4", "bookworm-updates"),
+        (
+            "deb.debian.org_debian-security_dists_bookworm-security_main_i18n_Translation-en",
+            "bookworm-security",
+        ),
+        ("mirror_dists_trixie_non-free-firmware_i18n_Translation-en.gz", "trixie"),
+        ("unrelated.txt", ""),
+    ],
+)
+def test_suite_of_reads_the_suite_from_the_apt_list_name(index_file: str, suite: str) -> None:
+    assert debian.suite_of(index_file) == suite
+
+
+def test_the_shipped_snapshot_matches_its_manifest(tmp_path: Path) -> None:
+    """What every clone reads: the committed xz file decompresses to the bytes its manifest names."""
+    pinned = REPO_ROOT / "corpora" / "debian"
+    manifest = json.loads((pinned / debian.MANIFEST_FILE).read_text(encoding="utf-8"))
+
+    snapshot, _ = debian.read_pinned_snapshot(pinned, tmp_path / "Translation-en.txt")
+    records, num_stanzas = read_snapshot(snapshot.path)
+
+    assert hashlib.sha256((pinned / debian.PINNED_FILE).read_bytes()).hexdigest() == manifest["xz_sha256"]
+    assert (snapshot.num_bytes, num_stanzas, len(records)) == (
+        manifest["bytes"],
+        manifest["records"],
+        manifest["packages"],
+    )
+    assert manifest["suites"] == [debian.suite_of(name) for name in manifest["apt_index_files"]]
+    assert len(manifest["apt_releases"]) == len(manifest["suites"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs the apt client and the Debian archive")
+def test_pin_snapshot_fetches_the_live_index_and_reads_back(tmp_path: Path) -> None:
+    manifest = debian.pin_snapshot(tmp_path / "pinned", preset=0)  # a fast preset: same bytes, larger file
+
+    snapshot, read_manifest = debian.read_pinned_snapshot(tmp_path / "pinned", tmp_path / "out.txt")
+
+    assert read_manifest == manifest and snapshot.sha256 == manifest["sha256"]
+    assert manifest["packages"] > 10_000 and manifest["records"] >= manifest["packages"]
+    assert all(manifest["suites"]) and manifest["fetched_at"].endswith("+00:00")

@@ -25,3 +25,12 @@ def test_epoch_line_shows_losses_throughput_and_eta() -> None:
     line = epoch_line(row, TrainConfig(epochs=3, max_wall_minutes=60.0), state)
     assert line.startswith("epoch 1/3 loss 4.5000 val_loss 4.2500 val_perplexity 70.10")
     assert "250.0 samples/s" in line and "elapsed 0:02:00" in line and line.endswith("eta 0:04:00")
+
+
+def test_epoch_line_estimates_the_remaining_epochs_capped_by_the_opt_in_budget() -> None:
+    row = {"epoch": 2, "train_loss": 3.0, "val_loss": 3.1, "val_perplexity": 22.2, "learning_rate": 1e-3,
+           "samples_per_second": 250.0, "seconds": 600.0}  # fmt: skip
+    state = TrainingState(epoch=2, elapsed_seconds=1200.0)
+    assert epoch_line(row, TrainConfig(epochs=5), state).endswith("elapsed 0:20:00 eta 0:30:00")
+    capped = TrainConfig(epochs=5, max_wall_minutes=30.0)
+    assert epoch_line(row, capped, state).endswith("eta 0:10:00")

@@ -9,7 +9,7 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from summarizer.readers import Columns, IngestError, SourceRecord, read_records
+from summarizer.readers import Columns, IngestError, SourceRecord, read_records, resolve_delimiter
 from tests.conftest import write_jsonl
 
 COLUMNS = Columns("text", "summary", "source")
@@ -154,9 +154,25 @@ def test_jsonl_text_that_is_not_a_string_is_named(tmp_path: Path) -> None:
     )
 
 
-def test_parquet_null_summary_and_non_string_column_are_named(tmp_path: Path) -> None:
-    nulls = write_parquet(tmp_path / "nulls.parquet", {"text": ["a", "b"], "summary": ["s", None]})
-    expect_read_error(nulls, r"row 2: field 'summary' must be a string, got null", Columns("text", "summary"))
+def test_a_null_text_or_summary_reads_as_empty_in_parquet_and_jsonl(tmp_path: Path) -> None:
+    columns = Columns("text", "summary")
+    nulls = write_parquet(tmp_path / "nulls.parquet", {"text": ["a", None, "c"], "summary": ["s", "t", None]})
+    lines = write_jsonl(
+        tmp_path / "nulls.jsonl", [{"text": None, "summary": "s"}, {"text": "b", "summary": None}]
+    )
+
+    assert list(read_records(nulls, "auto", columns)) == [
+        SourceRecord("1", "a", "s"),
+        SourceRecord("2", "", "t"),
+        SourceRecord("3", "c", ""),
+    ]
+    assert list(read_records(lines, "auto", columns)) == [
+        SourceRecord("1", "", "s"),
+        SourceRecord("2", "b", ""),
+    ]
+
+
+def test_a_non_string_parquet_column_is_named(tmp_path: Path) -> None:
     numbers = write_parquet(tmp_path / "numbers.parquet", {"text": [1, 2], "summary": ["s", "t"]})
     expect_read_error(numbers, r"column 'text' has type int64; expected strings", Columns("text", "summary"))
 
@@ -182,3 +198,50 @@ def test_unknown_extension_lists_supported_formats(tmp_path: Path) -> None:
     path.write_text("x", encoding="utf-8")
     message = expect_read_error(path, r"cannot tell the format from the extension '\.txt'", Columns("t", "s"))
     assert ".csv (csv)" in message and ".jsonl (jsonl)" in message and ".parquet (parquet)" in message
+
+
+# CSV delimiters --------------------------------------------------------------------------------------------
+
+
+def write_delimited(path: Path, delimiter: str, rows: list[list[str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle, delimiter=delimiter).writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "suffix"), [(";", ".csv"), ("\t", ".tsv"), ("|", ".csv"), (",", ".csv")]
+)
+def test_auto_delimiter_takes_the_one_that_splits_the_header_into_the_columns(
+    tmp_path: Path, delimiter: str, suffix: str
+) -> None:
+    # Commas and semicolons inside the fields must not fool the detection, which reads the header only.
+    rows = [["body", "headline"], ["A text, with commas; and semicolons.", "a headline, short"]]
+    path = write_delimited(tmp_path / f"rows{suffix}", delimiter, rows)
+    columns = Columns("body", "headline")
+
+    assert resolve_delimiter(path, "auto", columns) == delimiter
+    assert list(read_records(path, "auto", columns)) == [SourceRecord("1", *rows[1])]
+
+
+def test_a_header_split_on_another_delimiter_is_named_in_the_error(tmp_path: Path) -> None:
+    path = write_delimited(tmp_path / "rows.csv", ";", [["body", "headline"], ["text", "summary"]])
+    columns = Columns("body", "headline")
+
+    with pytest.raises(IngestError) as caught:
+        list(read_records(path, "csv", columns, delimiter=","))
+
+    assert str(caught.value) == (
+        f"{path}: missing column(s) 'body' (ingest.text_column), 'headline' (ingest.summary_column); "
+        "columns found: body;headline; the header looks semicolon-separated (body, headline on ';'), not "
+        "comma-separated: set ingest.delimiter to ';' or auto"
+    )
+
+
+def test_auto_delimiter_with_misnamed_columns_reports_the_columns_it_split(tmp_path: Path) -> None:
+    path = write_delimited(tmp_path / "rows.csv", ";", [["article", "title"], ["text", "summary"]])
+
+    with pytest.raises(IngestError) as caught:
+        list(read_records(path, "auto", Columns("text", "summary")))
+
+    assert str(caught.value).endswith("columns found: article, title (split on semicolons, ingest.delimiter)")

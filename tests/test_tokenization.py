@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import pytest
 import sentencepiece
 
-from summarizer.config import TokenizeConfig
+from summarizer.config import AUTO_VOCAB_SIZE, TokenizeConfig
 from summarizer.tokenization import (
     BOS_ID,
     EOS_ID,
@@ -107,6 +108,24 @@ def test_too_large_vocabulary_fails_naming_the_largest_size_allowed(tmp_path: Pa
     largest = int(re.search(r"at most (\d+)", str(raised.value)).group(1))
     assert 100 <= largest < 5000
     assert train_tokenizer(train, tmp_path / "spm", TokenizeConfig(vocab_size=largest)).vocab_size == largest
+
+
+def test_auto_vocabulary_takes_the_largest_size_a_small_corpus_allows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train = write_ingested_split(tmp_path / "train.jsonl", make_pairs(60))
+    with pytest.raises(ValueError, match=r"at most (\d+)") as raised:
+        train_tokenizer(train, tmp_path / "explicit", TokenizeConfig(vocab_size=AUTO_VOCAB_SIZE))
+    largest = int(re.search(r"at most (\d+)", str(raised.value)).group(1))
+
+    with caplog.at_level(logging.INFO, logger="summarizer.tokenization"):
+        tokenizer = train_tokenizer(train, tmp_path / "auto", TokenizeConfig(vocab_size="auto"))
+
+    assert tokenizer.vocab_size == largest < AUTO_VOCAB_SIZE
+    assert f"auto: the corpus allows at most {largest} pieces, fewer than {AUTO_VOCAB_SIZE}" in caplog.text
+    exact = train_tokenizer(train, tmp_path / "exact", TokenizeConfig(vocab_size=largest))
+    assert (tmp_path / "auto.model").read_bytes() == (tmp_path / "exact.model").read_bytes()
+    assert exact.vocab_size == largest
 
 
 def test_malformed_records_are_named_by_file_line_and_field(tmp_path: Path) -> None:

@@ -65,20 +65,34 @@ def test_wall_clock_budget_and_epoch_count_stop_training() -> None:
     config = TrainConfig(epochs=3, max_wall_minutes=1.0)
     state = training.TrainingState(epoch=1, elapsed_seconds=61.0)
     training.update_after_epoch(state, config, 1.0)
-    assert state.stop_reason.startswith("wall-clock budget")
-    state = training.TrainingState(epoch=3, elapsed_seconds=1.0)
+    assert state.stopped_by == "wall_clock"
+    assert state.stop_reason.startswith(
+        "the wall-clock cap train.max_wall_minutes=1 cut training short after epoch 1 of 3"
+    )
+    state = training.TrainingState(epoch=3, elapsed_seconds=61.0)
     training.update_after_epoch(state, config, 1.0)
-    assert state.stop_reason == "completed 3 epochs"
+    assert (state.stopped_by, state.stop_reason) == ("epochs", "completed 3 epochs")
 
 
 def test_wall_clock_budget_stops_before_an_epoch_that_would_overrun_it() -> None:
     config = TrainConfig(epochs=10, max_wall_minutes=1.0)
     overrun = training.TrainingState(epoch=1, elapsed_seconds=35.0, history=[{"seconds": 35.0}])
     training.update_after_epoch(overrun, config, 1.0)
-    assert "would not fit" in overrun.stop_reason
+    assert "would not fit" in overrun.stop_reason and overrun.stopped_by == "wall_clock"
     fits = training.TrainingState(epoch=1, elapsed_seconds=25.0, history=[{"seconds": 25.0}])
     training.update_after_epoch(fits, config, 1.0)
-    assert fits.stop_reason == ""
+    assert fits.stop_reason == fits.stopped_by == ""
+
+
+def test_no_wall_clock_cap_by_default_however_long_the_epochs() -> None:
+    config = TrainConfig(epochs=5)
+    assert config.max_wall_minutes == 0
+    state = training.TrainingState(epoch=4, elapsed_seconds=1e7, history=[{"seconds": 1e7}])
+    training.update_after_epoch(state, config, 1.0)
+    assert state.stop_reason == state.stopped_by == ""
+    state.epoch = 5
+    training.update_after_epoch(state, config, 1.0)
+    assert state.stopped_by == "epochs"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -138,7 +138,9 @@ def summarize_main(
     # Imported here so that --help and settings errors answer without loading TensorFlow.
     from summarizer.inference import SummarizerPipeline
     from summarizer.model_directory import ModelDirectoryError, check_model_directory
+    from summarizer.reproducibility import make_deterministic
 
+    make_deterministic()
     try:
         check_model_directory(arguments.model_dir)
         texts = read_texts(arguments.files, arguments.one_per_line, stdin)

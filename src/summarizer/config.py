@@ -7,6 +7,8 @@ values raise :class:`ConfigError` before any work starts, naming the dotted key 
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+AUTO_VOCAB_SIZE = 8000  # tokenize.vocab_size: auto asks for this many pieces, fewer if the corpus is small
 
 
 class ConfigError(ValueError):
@@ -41,9 +45,10 @@ class SplitConfig:
 class IngestConfig:
     """Where the corpus comes from and which records are kept."""
 
-    source: Literal["debian", "file"] = "debian"
+    source: Literal["debian", "debian-live", "file"] = "debian"
     path: str = ""
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    delimiter: Literal["auto", ",", ";", "\t", "|"] = "auto"  # CSV only; auto: the one the header splits on
     text_column: str = "text"
     summary_column: str = "summary"
     group_column: str = ""
@@ -55,8 +60,14 @@ class IngestConfig:
     max_group_key_records: int = 50
     split: SplitConfig = field(default_factory=SplitConfig)
     seed: int = 13
+    max_records: int = 0  # 0: all; N: a seeded sample of N input records
 
     def validate(self, key: str) -> None:
+        _check(
+            self.max_records >= 0,
+            f"{key}.max_records",
+            f"expected an integer >= 0 (0 = all records), got {self.max_records}",
+        )
         if self.source == "file":
             _check(
                 bool(self.path),
@@ -93,7 +104,8 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class TokenizeConfig:
-    vocab_size: int = 8000
+    # "auto": AUTO_VOCAB_SIZE pieces, or the most the train split allows if that is fewer (a small corpus).
+    vocab_size: int | Literal["auto"] = "auto"
     model_type: Literal["unigram", "bpe"] = "unigram"
     character_coverage: float = 0.9995
     max_source_tokens: int = 80
@@ -103,11 +115,16 @@ class TokenizeConfig:
     seed: int = 13
     num_threads: int = 2
 
+    @property
+    def max_vocab_size(self) -> int:
+        """The pieces asked of sentencepiece: ``vocab_size``, or AUTO_VOCAB_SIZE for "auto"."""
+        return AUTO_VOCAB_SIZE if self.vocab_size == "auto" else self.vocab_size
+
     def validate(self, key: str) -> None:
         _check(
-            100 <= self.vocab_size <= 1_000_000,
+            self.vocab_size == "auto" or 100 <= self.vocab_size <= 1_000_000,
             f"{key}.vocab_size",
-            f"expected 100..1000000, got {self.vocab_size}",
+            f"expected auto or 100..1000000, got {self.vocab_size}",
         )
         _check(0.9 <= self.character_coverage <= 1.0, f"{key}.character_coverage", "expected 0.9..1.0")
         _check(self.max_source_tokens >= 4, f"{key}.max_source_tokens", "expected an integer >= 4")
@@ -146,7 +163,7 @@ class TrainConfig:
     dropout: float = 0.1
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     batch_size: int = 64
-    epochs: int = 10
+    epochs: int = 5
     learning_rate: float = 0.001
     warmup_steps: int = 200
     weight_decay: float = 0.0001
@@ -156,7 +173,7 @@ class TrainConfig:
     lr_reduce_patience: int = 1
     lr_reduce_factor: float = 0.5
     min_learning_rate: float = 0.00001
-    max_wall_minutes: float = 18.0
+    max_wall_minutes: float = 0.0  # an opt-in cap; 0: none
     checkpoint_every_minutes: float = 10.0
     seed: int = 42
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
@@ -202,7 +219,11 @@ class TrainConfig:
             f"{key}.checkpoint_every_minutes",
             f"expected minutes >= 0 (0 = only at epoch ends), got {self.checkpoint_every_minutes}",
         )
-        _check(self.max_wall_minutes > 0, f"{key}.max_wall_minutes", "expected a number of minutes > 0")
+        _check(
+            self.max_wall_minutes >= 0,
+            f"{key}.max_wall_minutes",
+            f"expected a number of minutes >= 0 (0 = no cap), got {self.max_wall_minutes}",
+        )
         self.horovod.validate(f"{key}.horovod")
 
 
@@ -293,15 +314,33 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _choice_name(choice: Any) -> str:
+    """A choice as users write it: bare words bare, punctuation and whitespace quoted (``';'``, ``'\\t'``)."""
+    return str(choice) if re.fullmatch(r"[\w.-]+", str(choice)) else repr(choice)
+
+
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(member) for member in typing.get_args(annotation))
+    if annotation is int:
+        return "an integer"
+    if typing.get_origin(annotation) is Literal and len(typing.get_args(annotation)) == 1:
+        return repr(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) is Literal:
-        return "one of " + ", ".join(str(choice) for choice in typing.get_args(annotation))
+        return "one of " + ", ".join(_choice_name(choice) for choice in typing.get_args(annotation))
     return getattr(annotation, "__name__", str(annotation))
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation and return it in the field's type."""
     origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # the first member that takes the value
+        for member in typing.get_args(annotation):
+            try:
+                return _convert(value, member, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
     if dataclasses.is_dataclass(annotation):
         _check(
             isinstance(value, Mapping),
@@ -388,6 +427,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 __all__ = [
+    "AUTO_VOCAB_SIZE",
     "ConfigError",
     "EvaluateConfig",
     "HorovodConfig",

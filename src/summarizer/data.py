@@ -10,20 +10,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import random
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from summarizer import debian
+from summarizer import debian, sources
 from summarizer.config import IngestConfig, SplitConfig
 from summarizer.ingested import SPLITS, write_splits
 from summarizer.io import atomic_directory, write_json
-from summarizer.readers import Columns, IngestError, SourceRecord, read_records, resolve_format
+from summarizer.readers import IngestError, SourceRecord
 from summarizer.stats import length_percentiles
 from summarizer.text import normalize_summary, normalize_text
 
@@ -31,7 +30,6 @@ LOG = logging.getLogger(__name__)
 
 DROP_REASONS = ("empty_text", "empty_summary", "short_text", "long_text", "short_summary", "long_summary")
 LEAKAGE_WORDS = 20
-SNAPSHOT_NAME = "Translation-en.txt"
 _KEY_WORD = re.compile(r"\w+")
 
 
@@ -185,9 +183,16 @@ def count_leaks(
 
 
 def run_ingest(
-    config: IngestConfig, raw_dir: str | Path, out_dir: str | Path, stats_path: str | Path
+    config: IngestConfig,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    stats_path: str | Path,
+    debian_snapshot: str | Path = sources.DEBIAN_SNAPSHOT_DIR,
 ) -> dict:
     """Read the configured corpus and write the raw snapshot, the three splits and the stats, atomically.
+
+    Args:
+        debian_snapshot: the directory of the pinned Debian snapshot, read when ``config.source`` is debian.
 
     Returns:
         The stats written to ``stats_path``.
@@ -195,11 +200,17 @@ def run_ingest(
     Raises:
         IngestError: bad input (named by file, line and field), apt missing or failing, or nothing left.
     """
-    _check_source_ready(config)
+    debian_snapshot = Path(debian_snapshot)
+    sources.check_source_ready(config, debian_snapshot)
     with atomic_directory(raw_dir) as raw_staging, atomic_directory(out_dir) as out_staging:
-        source_info, records = _open_source(config, raw_staging)
+        source_info, records = sources.open_source(config, raw_staging, debian_snapshot)
+        sample = None
+        if config.max_records:
+            records, total = sample_records(records, config.max_records, config.seed)
+            sample = {"max_records": config.max_records, "from_records": total}
+            LOG.info("sampled %d of %d records (ingest.max_records)", len(records), total)
         cleaned = clean_records(records, config)
-        source_info.setdefault("records", cleaned.input_records)
+        source_info.setdefault("records", sample["from_records"] if sample else cleaned.input_records)
         write_json(raw_staging / "SOURCE.json", source_info)
         LOG.info(
             "filtered: kept %d of %d records (dropped %s; %d exact duplicate texts)",
@@ -220,80 +231,30 @@ def run_ingest(
         )
         _write_splits(out_staging, cleaned.records, grouping.group_ids, splits)
         stats = _stats(source_info, cleaned, grouping, splits, split_counts)
+        if sample:
+            stats["sample"] = sample
         write_json(stats_path, stats)
     LOG.info("written: %s/{train,val,test}.jsonl, %s/SOURCE.json, %s", out_dir, raw_dir, stats_path)
     return stats
 
 
-def _check_source_ready(config: IngestConfig) -> None:
-    """Fail on a missing file, unknown format or missing apt before any output directory is created."""
-    if config.source == "debian":
-        try:
-            debian.check_apt_available()
-        except debian.DebianError as error:
-            raise IngestError(str(error)) from None
-        return
-    path = Path(config.path)
-    if not path.is_file():
-        raise IngestError(f"{path}: file not found (ingest.path; relative paths start at {Path.cwd()})")
-    resolve_format(path, config.format)
+def sample_records(
+    records: Iterable[SourceRecord], max_records: int, seed: int
+) -> tuple[list[SourceRecord], int]:
+    """A seeded uniform sample of at most ``max_records`` records, in input order, and how many were read.
 
-
-def _open_source(config: IngestConfig, raw_staging: Path) -> tuple[dict[str, Any], Iterable[SourceRecord]]:
-    """The SOURCE.json provenance and the source's records (a lazy iterator for user files)."""
-    if config.source == "debian":
-        try:
-            return _debian_source(raw_staging)
-        except debian.DebianError as error:
-            raise IngestError(str(error)) from None
-    path = Path(config.path)
-    file_format = resolve_format(path, config.format)
-    sha256, num_bytes = _file_digest(path)
-    info = {"source": "file", "path": str(path), "format": file_format, "sha256": sha256, "bytes": num_bytes}
-    LOG.info("reading %s (%s, %d bytes)", path, file_format, num_bytes)
-    columns = Columns(config.text_column, config.summary_column, config.group_column)
-    return info, read_records(path, file_format, columns)
-
-
-def _debian_source(raw_staging: Path) -> tuple[dict[str, Any], list[SourceRecord]]:
-    with tempfile.TemporaryDirectory(prefix="summarizer-apt-") as work_dir:
-        LOG.info("fetching the Debian Translation-en index with apt-get update")
-        index = debian.fetch_index(Path(work_dir))
-        snapshot = debian.write_snapshot(index.translation_files, raw_staging / SNAPSHOT_NAME)
-    LOG.info(
-        "fetched %d bytes from %d index files (sha256 %s)",
-        snapshot.num_bytes,
-        len(snapshot.index_files),
-        snapshot.sha256[:12],
-    )
-    debian_records, num_stanzas = debian.read_snapshot(snapshot.path)
-    LOG.info("parsed %d records (%d packages)", num_stanzas, len(debian_records))
-    info = {
-        "source": "debian",
-        "snapshot": SNAPSHOT_NAME,
-        "sha256": snapshot.sha256,
-        "bytes": snapshot.num_bytes,
-        "records": num_stanzas,
-        "packages": len(debian_records),
-        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "apt_index_files": list(snapshot.index_files),
-        "apt_releases": index.release_dates,
-    }
-    records = [
-        SourceRecord(record.package, record.text, record.summary, package=record.package)
-        for record in debian_records
-    ]
-    return info, records
-
-
-def _file_digest(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    num_bytes = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            num_bytes += len(chunk)
-    return digest.hexdigest(), num_bytes
+    Reservoir sampling: one pass, memory bounded by the sample, whatever the file size.
+    """
+    generator = random.Random(seed)
+    reservoir: list[tuple[int, SourceRecord]] = []
+    total = 0
+    for index, record in enumerate(records):
+        total += 1
+        if len(reservoir) < max_records:
+            reservoir.append((index, record))
+        elif (slot := generator.randrange(index + 1)) < max_records:
+            reservoir[slot] = (index, record)
+    return [record for _, record in sorted(reservoir, key=lambda item: item[0])], total
 
 
 def _require_records(cleaned: CleanResult) -> None:

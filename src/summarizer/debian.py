@@ -1,22 +1,44 @@
 """The default corpus: Debian package descriptions (synopsis = summary, long description = text).
 
-The ordinary apt client fetches the ``Translation-en`` index into a private directory (no root needed);
-``apt-helper cat-file`` decompresses it. The record parser is our own, so nothing depends on python-apt.
+Two ways to get it:
+
+* the **pinned snapshot** shipped in the repository (``corpora/debian/``: ``Translation-en.txt.xz`` and its
+  ``SNAPSHOT.json`` manifest naming the suites, the date and the checksums), the default, so every clone on
+  every day reads the same bytes; :func:`read_pinned_snapshot` decompresses it and checks its sha256;
+* the **live index** (``ingest.source: debian-live``): the ordinary apt client fetches ``Translation-en``
+  into a private directory (no root needed) and ``apt-helper cat-file`` decompresses it. It changes
+  whenever the archive does (``-updates`` and ``-security`` suites weekly).
+
+``python -m summarizer.debian pin corpora/debian`` refreshes the pinned snapshot from the live index. The
+record parser is our own, so nothing depends on python-apt.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
+import lzma
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 APT_HELPER = Path("/usr/lib/apt/apt-helper")
 TRANSLATION_GLOB = "*_i18n_Translation-en*"
 APT_TIMEOUT_SECONDS = 900
+PINNED_FILE = "Translation-en.txt.xz"
+MANIFEST_FILE = "SNAPSHOT.json"
+MANIFEST_KEYS = ("sha256", "xz_sha256", "fetched_at", "suites", "apt_index_files", "apt_releases")
+XZ_PRESET = 9 | lzma.PRESET_EXTREME
+_CHUNK_BYTES = 1 << 20
+_INDEX_SUITE = re.compile(r"_dists_(?P<suite>[^_]+)_(?P<component>[^_]+)_i18n_Translation-en")
 
 _NO_APT_HINT = (
     "Use your own corpus instead: put a CSV, JSONL or Parquet file with a text and a summary column under "
@@ -99,7 +121,7 @@ def check_apt_available() -> None:
     """Raise :class:`DebianError` with a how-to-use-your-own-data hint if apt is missing."""
     if shutil.which("apt-get") is None or not APT_HELPER.is_file():
         raise DebianError(
-            "the default corpus (ingest.source: debian) needs the apt client (apt-get and "
+            "the live Debian index (ingest.source: debian-live) needs the apt client (apt-get and "
             f"{APT_HELPER}), which this machine lacks. {_NO_APT_HINT}"
         )
 
@@ -263,6 +285,95 @@ def read_snapshot(path: Path) -> tuple[list[DebianRecord], int]:
     return list(first_records.values()), num_stanzas
 
 
+def suite_of(index_file: str) -> str:
+    """The suite named in an apt list file's name ("" if none).
+
+    ``deb.debian.org_debian_dists_bookworm-updates_main_i18n_Translation-en.lz4`` -> ``bookworm-updates``.
+    """
+    match = _INDEX_SUITE.search(index_file)
+    return match.group("suite") if match else ""
+
+
+def check_pinned_snapshot(snapshot_dir: Path) -> None:
+    """Raise :class:`DebianError` naming the fix if the snapshot or its manifest is missing."""
+    for name in (PINNED_FILE, MANIFEST_FILE):
+        if not (snapshot_dir / name).is_file():
+            raise DebianError(
+                f"{snapshot_dir / name}: the pinned Debian snapshot is missing; restore it with "
+                f"`git checkout -- {snapshot_dir}`, or fetch the live index with 'ingest.source: debian-live'"
+            )
+
+
+def read_pinned_snapshot(snapshot_dir: Path, destination: Path) -> tuple[Snapshot, dict[str, Any]]:
+    """Decompress ``snapshot_dir/Translation-en.txt.xz`` into ``destination``; check it against its manifest.
+
+    Returns:
+        The decompressed snapshot and the manifest (``SNAPSHOT.json``: suites, date, checksums).
+
+    Raises:
+        DebianError: a file is missing, not valid xz, or its decompressed sha256 is not the manifest's.
+    """
+    check_pinned_snapshot(snapshot_dir)
+    xz_path, manifest_path = snapshot_dir / PINNED_FILE, snapshot_dir / MANIFEST_FILE
+    try:
+        with manifest_path.open(encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DebianError(f"{manifest_path}: not valid JSON ({error}); restore it from git") from None
+    missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise DebianError(f"{manifest_path}: missing key(s) {', '.join(missing)}; restore it from git")
+    digest, num_bytes = hashlib.sha256(), 0
+    try:
+        with lzma.open(xz_path) as source, destination.open("wb") as output:
+            while chunk := source.read(_CHUNK_BYTES):
+                output.write(chunk)
+                digest.update(chunk)
+                num_bytes += len(chunk)
+    except (lzma.LZMAError, EOFError) as error:  # EOFError: a truncated file
+        raise DebianError(f"{xz_path}: not a readable xz file ({error}); restore it from git") from None
+    if digest.hexdigest() != manifest["sha256"]:
+        raise DebianError(
+            f"{xz_path}: decompressed sha256 {digest.hexdigest()} differs from {manifest['sha256']} in "
+            f"{manifest_path}: the snapshot was damaged or replaced; restore both files from git"
+        )
+    return Snapshot(destination, manifest["sha256"], num_bytes, tuple(manifest["apt_index_files"])), manifest
+
+
+def pin_snapshot(snapshot_dir: Path, preset: int = XZ_PRESET) -> dict[str, Any]:
+    """Fetch the live index and write it to ``snapshot_dir`` as ``Translation-en.txt.xz`` + ``SNAPSHOT.json``.
+
+    ``preset`` is the xz preset: the default compresses hardest (about a minute); tests use a fast one.
+
+    Returns:
+        The manifest written.
+    """
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="summarizer-apt-") as work_dir:
+        index = fetch_index(Path(work_dir))
+        fetched_at = datetime.now(UTC).isoformat(timespec="seconds")
+        snapshot = write_snapshot(index.translation_files, Path(work_dir) / "Translation-en.txt")
+        records, num_stanzas = read_snapshot(snapshot.path)
+        compressed = Path(work_dir) / PINNED_FILE
+        with snapshot.path.open("rb") as source, lzma.open(compressed, "wb", preset=preset) as output:
+            shutil.copyfileobj(source, output, _CHUNK_BYTES)
+        manifest = {
+            "file": PINNED_FILE,
+            "xz_sha256": hashlib.sha256(compressed.read_bytes()).hexdigest(),
+            "sha256": snapshot.sha256,
+            "bytes": snapshot.num_bytes,
+            "records": num_stanzas,
+            "packages": len(records),
+            "fetched_at": fetched_at,
+            "suites": [suite_of(name) for name in snapshot.index_files],
+            "apt_index_files": list(snapshot.index_files),
+            "apt_releases": index.release_dates,
+        }
+        shutil.move(compressed, snapshot_dir / PINNED_FILE)
+    (snapshot_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
 def package_stem(package: str) -> str:
     """The part of a package name shared by its split-out siblings: libfoo1, foo-dev, python3-foo -> foo.
 
@@ -284,3 +395,29 @@ def package_stem(package: str) -> str:
         if len(without_version) >= 2:
             stem = without_version
     return stem if len(stem) >= 2 and not stem.isdigit() else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m summarizer.debian",
+        description="Refresh the pinned Debian snapshot: fetch the live Translation-en index with apt and "
+        "write DIR/Translation-en.txt.xz and DIR/SNAPSHOT.json (suites, date, checksums). Commit both, and "
+        "update the README's figures: every data output of the default run changes with them.",
+    )
+    parser.add_argument("command", choices=["pin"], help="pin: fetch and write the snapshot")
+    parser.add_argument("directory", type=Path, help="where the snapshot goes, e.g. corpora/debian")
+    arguments = parser.parse_args(argv)
+    try:
+        manifest = pin_snapshot(arguments.directory)
+    except DebianError as error:
+        print(f"debian: error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"pinned {manifest['packages']} packages ({manifest['records']} records) from "
+        f"{', '.join(manifest['suites'])} fetched at {manifest['fetched_at']}: sha256 {manifest['sha256']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,8 +21,10 @@ def format_duration(seconds: float | None) -> str:
 
 
 def epoch_line(row: dict[str, float], config: TrainConfig, state: TrainingState) -> str:
-    remaining = min(config.epochs - state.epoch, config.max_wall_minutes * 60 / max(row["seconds"], 1e-9))
-    eta = max(0.0, min(remaining * row["seconds"], config.max_wall_minutes * 60 - state.elapsed_seconds))
+    eta = (config.epochs - state.epoch) * row["seconds"]
+    if config.max_wall_minutes > 0:  # the opt-in cap
+        eta = min(eta, config.max_wall_minutes * 60 - state.elapsed_seconds)
+    eta = max(0.0, eta)
     return (
         f"epoch {int(row['epoch'])}/{config.epochs} loss {row['train_loss']:.4f} "
         f"val_loss {row['val_loss']:.4f} val_perplexity {row['val_perplexity']:.2f} "

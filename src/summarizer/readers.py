@@ -1,6 +1,9 @@
 """Readers of the user's corpus files (CSV, JSONL, Parquet), yielding :class:`SourceRecord` objects.
 
 Every error is an :class:`IngestError` naming the file, the line (or row) and the field, and what to do.
+A null text or summary (JSONL ``null``, a Parquet null) reads as an empty string: the ingest stage drops it
+and counts it by reason, as it does an empty CSV field. A CSV file's delimiter is ``,``, ``;``, tab or ``|``
+(``ingest.delimiter``); ``auto`` takes the one that splits the header into the required columns.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from summarizer.io import read_jsonl as read_json_lines
 
 FORMATS_BY_SUFFIX = {
     ".csv": "csv",
+    ".tsv": "csv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".parquet": "parquet",
@@ -27,6 +31,7 @@ FORMATS_BY_SUFFIX = {
 }
 PARQUET_BATCH_ROWS = 4096
 CSV_FIELD_LIMIT = 1 << 30
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 class IngestError(ValueError):
@@ -66,10 +71,56 @@ def resolve_format(path: Path, file_format: str) -> str:
     return FORMATS_BY_SUFFIX[suffix]
 
 
-def read_records(path: Path, file_format: str, columns: Columns) -> Iterator[SourceRecord]:
-    """Iterate the records of a CSV, JSONL or Parquet file (``file_format`` may be "auto")."""
-    readers = {"csv": read_csv, "jsonl": read_jsonl, "parquet": read_parquet}
-    return readers[resolve_format(path, file_format)](path, columns)
+def read_records(
+    path: Path, file_format: str, columns: Columns, delimiter: str = "auto"
+) -> Iterator[SourceRecord]:
+    """The records of a CSV, JSONL or Parquet file (``file_format`` and ``delimiter`` may be "auto")."""
+    file_format = resolve_format(path, file_format)
+    if file_format == "csv":
+        return read_csv(path, columns, resolve_delimiter(path, delimiter, columns))
+    return {"jsonl": read_jsonl, "parquet": read_parquet}[file_format](path, columns)
+
+
+def _header_line(path: Path) -> str:
+    """The first line of a text file, for delimiter detection ("" if the file is empty or unreadable)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    except OSError:
+        return ""  # read_csv reports it, naming the file
+
+
+def _split_header(line: str, delimiter: str) -> list[str]:
+    return next(csv.reader([line], delimiter=delimiter), [])
+
+
+def resolve_delimiter(path: Path, delimiter: str, columns: Columns) -> str:
+    """``delimiter`` itself, or for "auto" the first of , ; tab | that splits the header into the required
+    columns; failing that, the one that splits it into the most fields (the missing columns are reported
+    when the file is read), else a comma.
+    """
+    if delimiter != "auto":
+        return delimiter
+    line = _header_line(path)
+    splits = {candidate: _split_header(line, candidate) for candidate in DELIMITER_NAMES}
+    for candidate, fields in splits.items():
+        if all(name in fields for name in columns.required):
+            return candidate
+    widest = max(splits, key=lambda candidate: len(splits[candidate]))
+    return widest if len(splits[widest]) > 1 else ","
+
+
+def _delimiter_hint(path: Path, delimiter: str, columns: Columns) -> str:
+    """When the header splits into the required columns on another delimiter, say which and how to set it."""
+    line = _header_line(path)
+    for candidate, name in DELIMITER_NAMES.items():
+        fields = _split_header(line, candidate)
+        if candidate != delimiter and all(column in fields for column in columns.required):
+            return (
+                f"; the header looks {name}-separated ({', '.join(fields)} on {candidate!r}), not "
+                f"{DELIMITER_NAMES[delimiter]}-separated: set ingest.delimiter to {candidate!r} or auto"
+            )
+    return f" (split on {DELIMITER_NAMES[delimiter]}s, ingest.delimiter)"
 
 
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -89,27 +140,29 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
-def _check_columns(path: Path, found: list[str], columns: Columns) -> None:
+def _check_columns(path: Path, found: list[str], columns: Columns, delimiter: str | None = None) -> None:
     settings = {columns.text: "text_column", columns.summary: "summary_column", columns.group: "group_column"}
     missing = [f"{name!r} (ingest.{settings[name]})" for name in columns.required if name not in found]
     if missing:
+        hint = _delimiter_hint(path, delimiter, columns) if delimiter else ""
         raise IngestError(
             f"{path}: missing column(s) {', '.join(missing)}; columns found: {', '.join(found) or 'none'}"
+            f"{hint}"
         )
 
 
-def read_csv(path: Path, columns: Columns) -> Iterator[SourceRecord]:
-    """Rows of a CSV file with a header row; the record id is the data row number."""
+def read_csv(path: Path, columns: Columns, delimiter: str = ",") -> Iterator[SourceRecord]:
+    """Rows of a CSV file with a header row, fields split on ``delimiter``; the id is the data row number."""
     # Long articles exceed csv's default 128 KiB field limit; the word limits drop them later, with a count.
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    reader = csv.reader(line for _, line in _decoded_lines(path))
+    reader = csv.reader((line for _, line in _decoded_lines(path)), delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None:
             raise IngestError(
                 f"{path}: empty file; expected a header row naming the columns {', '.join(columns.required)}"
             )
-        _check_columns(path, header, columns)
+        _check_columns(path, header, columns, delimiter)
         positions = {name: header.index(name) for name in columns.required}
         for row_number, row in enumerate(reader, start=1):
             if not row:
@@ -178,6 +231,11 @@ def read_parquet(path: Path, columns: Columns) -> Iterator[SourceRecord]:
 
 
 def _record(record_id: str, values: Mapping[str, Any], location: str, columns: Columns) -> SourceRecord:
+    """A record of ``values``; a null text or summary is an empty one (dropped and counted by the caller)."""
+    values = {
+        **values,
+        **{name: "" for name in (columns.text, columns.summary) if values[name] is None},
+    }
     for name in (columns.text, columns.summary):
         if not isinstance(values[name], str):
             preview = json.dumps(values[name], default=str)[:40]
@@ -194,11 +252,13 @@ def _record(record_id: str, values: Mapping[str, Any], location: str, columns: C
 __all__ = [
     "FORMATS_BY_SUFFIX",
     "Columns",
+    "DELIMITER_NAMES",
     "IngestError",
     "SourceRecord",
     "read_csv",
     "read_jsonl",
     "read_parquet",
     "read_records",
+    "resolve_delimiter",
     "resolve_format",
 ]

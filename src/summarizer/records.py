@@ -171,8 +171,9 @@ def tokenize_splits(in_dir: str | Path, out_dir: str | Path, config: TokenizeCon
     """Train ``spm.model`` on the train split, then shard every split into the existing ``out_dir``.
 
     Returns:
-        Numeric stage metrics: per split the example count, token-length percentiles before capping,
-        truncation counts and fractions and the unknown-token rate; the vocabulary size, shards per split,
+        Stage metrics: per split the example count, token-length percentiles before capping,
+        truncation counts and fractions and the unknown-token rate; the vocabulary size (and the setting
+        it came from, a number or "auto"), shards per split,
         and the encode step's seconds and input throughput (MB of JSONL per second).
 
     Raises:
@@ -181,7 +182,7 @@ def tokenize_splits(in_dir: str | Path, out_dir: str | Path, config: TokenizeCon
     """
     inputs = split_paths(in_dir)
     started = time.perf_counter()
-    logger.info("training tokenizer on %s (vocab_size %d)", inputs["train"], config.vocab_size)
+    logger.info("training tokenizer on %s (tokenize.vocab_size: %s)", inputs["train"], config.vocab_size)
     tokenizer = train_tokenizer(inputs["train"], Path(out_dir) / TOKENIZER_PREFIX, config)
     tokenizer_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -194,7 +195,8 @@ def tokenize_splits(in_dir: str | Path, out_dir: str | Path, config: TokenizeCon
     logger.info("encoded %.1f MB of JSONL in %.1f s", input_megabytes, encode_seconds)
     return {
         **split_stats,
-        "vocab_size": tokenizer.vocab_size,
+        "vocab_size": tokenizer.vocab_size,  # the pieces trained: with "auto", perhaps fewer than asked
+        "vocab_size_setting": config.vocab_size,  # tokenize.vocab_size as given: a number or "auto"
         "num_shards": config.num_shards,
         "tokenizer_seconds": round(tokenizer_seconds, 3),
         "encode_seconds": round(encode_seconds, 3),

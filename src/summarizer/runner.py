@@ -419,6 +419,7 @@ def _final_metrics(
         "parameter_count": int(model.count_params()),
         "wall_seconds": wall_seconds,
         "workers": distribution.size,
+        "stopped_by": state.stopped_by,
         "stop_reason": state.stop_reason,
     }
 

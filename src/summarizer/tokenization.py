@@ -96,12 +96,12 @@ def _training_error(
     """A clear error for a failed sentencepiece run (the original record error first)."""
     if stream.error is not None:
         return stream.error
-    too_large = _TOO_LARGE.search(str(error))
-    if too_large:
+    largest = _largest_allowed(error)
+    if largest is not None:
         return ValueError(
             f"tokenize.vocab_size: {config.vocab_size} is too large for the training corpus {path} "
-            f"({stream.records} records used); sentencepiece allows at most {too_large.group(2)}. "
-            "Lower tokenize.vocab_size in params.yaml or ingest more data."
+            f"({stream.records} records used); sentencepiece allows at most {largest}. "
+            "Lower tokenize.vocab_size in params.yaml (or set it to auto), or ingest more data."
         )
     if "smaller than required_chars" in str(error):
         return ValueError(
@@ -109,6 +109,12 @@ def _training_error(
             f"raise tokenize.vocab_size or lower tokenize.character_coverage ({error})"
         )
     return ValueError(f"sentencepiece could not train on {path}: {error}")
+
+
+def _largest_allowed(error: RuntimeError) -> int | None:
+    """The largest vocabulary sentencepiece says the corpus allows, if that is why training failed."""
+    too_large = _TOO_LARGE.search(str(error))
+    return int(too_large.group(2)) if too_large else None
 
 
 def _write_vocab(path: Path, processor: sentencepiece.SentencePieceProcessor) -> None:
@@ -123,8 +129,10 @@ def train_tokenizer(train_jsonl: str | Path, model_prefix: str | Path, config: T
 
     The file is streamed twice: once to count its lines, once to feed a seeded sample of at most
     ``config.input_sentence_size // 2`` records (two sentences each) to sentencepiece. Memory is bounded by
-    that sample, whatever the file size. ``vocab_size`` is a hard limit: a corpus too small for it fails
-    (the model's embedding size must equal ``tokenize.vocab_size``), naming the largest size it allows.
+    that sample, whatever the file size. A number as ``vocab_size`` is a hard limit: a corpus too small for it
+    fails (the model's embedding size must equal the vocabulary), naming the largest size it allows. With
+    ``auto``, ``AUTO_VOCAB_SIZE`` pieces are asked for, and that largest size when the corpus is too small
+    (sentencepiece trains a second time); the log says which.
 
     Returns:
         The trained tokenizer; ``{model_prefix}.model`` and ``{model_prefix}.vocab`` are written.
@@ -135,13 +143,58 @@ def train_tokenizer(train_jsonl: str | Path, model_prefix: str | Path, config: T
     train_jsonl, model_prefix = Path(train_jsonl), Path(model_prefix)
     max_records = max(1, config.input_sentence_size // SENTENCES_PER_RECORD)
     chosen = sample_lines(count_lines(train_jsonl), max_records, config.seed)
+    vocab_size = config.max_vocab_size
+    try:
+        model, records = _train_model(train_jsonl, chosen, vocab_size, config)
+    except _SentencePieceError as failed:
+        largest = _largest_allowed(failed.error)
+        if config.vocab_size != "auto" or largest is None:
+            raise _training_error(failed.error, failed.stream, train_jsonl, config) from None
+        logger.info(
+            "tokenize.vocab_size: auto: the corpus allows at most %d pieces, fewer than %d; training again",
+            largest,
+            vocab_size,
+        )
+        vocab_size = largest
+        model, records = _train_model(train_jsonl, chosen, vocab_size, config)
+    model_path = model_prefix.with_name(model_prefix.name + ".model")
+    model_path.write_bytes(model)
+    tokenizer = Tokenizer.load(model_path)
+    _write_vocab(model_prefix.with_name(model_prefix.name + ".vocab"), tokenizer.processor)
+    logger.info(
+        "trained a %d-piece %s tokenizer on %d records of %s (tokenize.vocab_size: %s)",
+        tokenizer.vocab_size,
+        config.model_type,
+        records,
+        train_jsonl,
+        config.vocab_size,
+    )
+    return tokenizer
+
+
+class _SentencePieceError(Exception):
+    """sentencepiece stopped: its error and the stream that fed it (which may hold a record error)."""
+
+    def __init__(self, error: RuntimeError, stream: _SentenceStream) -> None:
+        super().__init__(str(error))
+        self.error, self.stream = error, stream
+
+
+def _train_model(
+    train_jsonl: Path, chosen: set[int] | None, vocab_size: int, config: TokenizeConfig
+) -> tuple[bytes, int]:
+    """One sentencepiece run with ``vocab_size`` pieces: the serialized model and the records it saw.
+
+    Raises:
+        ValueError: a malformed record. _SentencePieceError: sentencepiece refused (e.g. too many pieces).
+    """
     stream = _SentenceStream(read_pairs(train_jsonl, chosen))
     model = io.BytesIO()
     try:
         sentencepiece.SentencePieceTrainer.train(
             sentence_iterator=iter(stream),
             model_writer=model,
-            vocab_size=config.vocab_size,
+            vocab_size=vocab_size,
             model_type=config.model_type,
             character_coverage=config.character_coverage,
             input_sentence_size=config.input_sentence_size,
@@ -160,21 +213,12 @@ def train_tokenizer(train_jsonl: str | Path, model_prefix: str | Path, config: T
             minloglevel=1,
         )
     except RuntimeError as error:
-        raise _training_error(error, stream, train_jsonl, config) from None
+        if stream.error is not None:
+            raise stream.error from None
+        raise _SentencePieceError(error, stream) from None
     if stream.error is not None:
         raise stream.error
-    model_path = model_prefix.with_name(model_prefix.name + ".model")
-    model_path.write_bytes(model.getvalue())
-    tokenizer = Tokenizer.load(model_path)
-    _write_vocab(model_prefix.with_name(model_prefix.name + ".vocab"), tokenizer.processor)
-    logger.info(
-        "trained a %d-piece %s tokenizer on %d records of %s",
-        tokenizer.vocab_size,
-        config.model_type,
-        stream.records,
-        train_jsonl,
-    )
-    return tokenizer
+    return model.getvalue(), stream.records
 
 
 class Tokenizer:

@@ -48,6 +48,7 @@ class TrainingState:
     epochs_since_lr_change: int = 0  # ReduceLROnPlateau counter
     elapsed_seconds: float = 0.0  # wall time of all epochs, across resumes
     run_id: str | None = None
+    stopped_by: str = ""  # early_stopping | epochs | wall_clock (the opt-in train.max_wall_minutes cap)
     stop_reason: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
     # Inside an epoch (a checkpoint between two epochs has epoch_step 0): the steps done of epoch + 1, and
@@ -81,14 +82,24 @@ def update_after_epoch(state: TrainingState, config: TrainConfig, val_loss: floa
             state.lr_scale = max(state.lr_scale * config.lr_reduce_factor, floor)
             state.epochs_since_lr_change = 0
     if state.epochs_without_improvement >= config.early_stopping_patience:
+        state.stopped_by = "early_stopping"
         state.stop_reason = (
             f"early stopping: no val loss improvement for {state.epochs_without_improvement} epochs"
         )
-    elif state.elapsed_seconds + _last_epoch_seconds(state) > config.max_wall_minutes * 60:
-        budget = config.max_wall_minutes
-        state.stop_reason = f"wall-clock budget of {budget:g} minutes: another epoch would not fit in it"
     elif state.epoch >= config.epochs:
-        state.stop_reason = f"completed {config.epochs} epochs"
+        state.stopped_by, state.stop_reason = "epochs", f"completed {config.epochs} epochs"
+    elif _over_wall_budget(state, config):
+        state.stopped_by = "wall_clock"
+        state.stop_reason = (
+            f"the wall-clock cap train.max_wall_minutes={config.max_wall_minutes:g} cut training short after "
+            f"epoch {state.epoch} of {config.epochs}: another epoch would not fit in it"
+        )
+
+
+def _over_wall_budget(state: TrainingState, config: TrainConfig) -> bool:
+    """Whether another epoch as long as the last would overrun the opt-in cap (0: no cap)."""
+    budget_seconds = config.max_wall_minutes * 60
+    return budget_seconds > 0 and state.elapsed_seconds + _last_epoch_seconds(state) > budget_seconds
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:

@@ -49,7 +49,6 @@ def tiny_params(workers: int = 2) -> dict:
             "batch_size": 16,
             "epochs": 2,
             "warmup_steps": 2,
-            "max_wall_minutes": 5.0,
         },
         "evaluate": {"beam_width": 2, "max_length": 12, "batch_size": 32, "num_logged_examples": 3},
     }

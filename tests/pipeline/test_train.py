@@ -23,7 +23,7 @@ from tests.workers.tiny_data import tiny_train_params, write_params, write_token
 
 METRIC_KEYS = {
     "best_val_loss", "final_val_loss", "best_val_perplexity", "epochs", "samples_per_second",
-    "target_tokens_per_second", "parameter_count", "wall_seconds", "workers", "stop_reason",
+    "target_tokens_per_second", "parameter_count", "wall_seconds", "workers", "stopped_by", "stop_reason",
 }  # fmt: skip
 
 
@@ -89,6 +89,7 @@ def test_one_process_run_with_default_paths_writes_the_best_model_and_metrics(tm
     assert (out_dir / "spm.model").read_bytes() == (data_dir / "spm.model").read_bytes()
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert set(metrics) == METRIC_KEYS and metrics["workers"] == 1 and metrics["epochs"] == 3
+    assert (metrics["stopped_by"], metrics["stop_reason"]) == ("epochs", "completed 3 epochs")
     with (tmp_path / "plots/train_history.csv").open() as handle:
         history = list(csv.DictReader(handle))
     assert list(history[0]) == list(runner.HISTORY_COLUMNS) and len(history) == 3
