@@ -1,4 +1,5 @@
-"""Console scripts: ``summarize`` (new texts), ``summarizer-compare`` (runs), ``summarizer-replay``."""
+"""Console scripts: ``summarize`` (new texts), ``summarizer-compare`` (runs), ``summarizer-replay`` and
+``summarizer`` (subcommands: ``doctor``, in :mod:`summarizer.doctor`)."""
 
 from __future__ import annotations
 
@@ -309,6 +310,30 @@ def compare_main(argv: Sequence[str] | None = None, stdout: TextIO | None = None
     return 0
 
 
+# summarizer ------------------------------------------------------------------------------------------
+
+
+def summarizer_parser() -> argparse.ArgumentParser:
+    from summarizer import doctor  # light: it imports TensorFlow and Horovod only when it runs
+
+    parser = argparse.ArgumentParser(prog="summarizer", description="The summarizer project's commands.")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    doctor.configure_parser(
+        commands.add_parser(
+            "doctor",
+            help="check this machine or cluster node and say how to fix it",
+            description=doctor.DESCRIPTION,
+        )
+    )
+    return parser
+
+
+def summarizer_main(argv: Sequence[str] | None = None) -> int:
+    """The ``summarizer`` console script: ``summarizer COMMAND [options]``; returns the exit status."""
+    arguments = summarizer_parser().parse_args(argv)
+    return arguments.handler(arguments)
+
+
 __all__ = [
     "compare_main",
     "format_csv",
@@ -317,6 +342,7 @@ __all__ = [
     "ranked",
     "read_texts",
     "summarize_main",
+    "summarizer_main",
 ]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
@@ -55,6 +56,7 @@ class Distribution:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    controller: str = ""  # Horovod's controller at run time: "MPI" or "Gloo"
 
     @property
     def is_chief(self) -> bool:
@@ -132,6 +134,7 @@ class HorovodDistribution(Distribution):
         self.rank = hvd.rank()
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
+        self.controller = "MPI" if hvd.mpi_enabled() else "Gloo"
 
     def pin_gpu(self) -> None:
         """One GPU per process, chosen by local rank (Horovod's tensorflow2_mnist.py).
@@ -236,4 +239,60 @@ def init(dynamic_timeline: bool = False) -> Distribution:
     return distribution
 
 
-__all__ = ["Distribution", "HorovodDistribution", "LocalDistribution", "init", "launched_by_horovodrun"]
+@dataclass(frozen=True)
+class HorovodBuild:
+    """What Horovod was compiled with, as ``horovodrun --check-build`` lists it."""
+
+    version: str
+    controllers: tuple[str, ...]  # of MPI, Gloo
+    tensor_operations: tuple[str, ...]  # of NCCL, DDL, CCL, MPI, Gloo
+    nccl_version: str | None  # e.g. "2.27.7" when built with NCCL
+    cuda: bool  # GPU operations compiled against CUDA
+
+
+def _nccl_version(code: int) -> str | None:
+    """NCCL_VERSION_CODE as a version: X*10000 + Y*100 + Z since NCCL 2.9, X*1000 + Y*100 + Z before."""
+    if not code:
+        return None
+    major, rest = divmod(code, 10000) if code >= 10000 else divmod(code, 1000)
+    return f"{major}.{rest // 100}.{rest % 100}"
+
+
+def horovod_build() -> HorovodBuild:
+    """Horovod's build, read from its TensorFlow extension without starting Horovod (no ``hvd.init()``).
+
+    Raises:
+        ImportError: Horovod is not installed, or its TensorFlow extension does not load (the message says
+            why: e.g. a missing MPI library, or a TensorFlow other than the one it was built against).
+    """
+    try:
+        import horovod
+        import horovod.tensorflow as hvd
+    except (OSError, tf.errors.NotFoundError) as error:  # ctypes or tf.load_op_library of the extension
+        raise ImportError(f"Horovod's TensorFlow extension does not load: {error}") from error
+    controllers = (("MPI", hvd.mpi_built()), ("Gloo", hvd.gloo_built()))
+    operations = (
+        ("NCCL", hvd.nccl_built()),
+        ("DDL", hvd.ddl_built()),
+        ("CCL", hvd.ccl_built()),
+        ("MPI", hvd.mpi_built()),
+        ("Gloo", hvd.gloo_built()),
+    )
+    return HorovodBuild(
+        version=horovod.__version__,
+        controllers=tuple(name for name, built in controllers if built),
+        tensor_operations=tuple(name for name, built in operations if built),
+        nccl_version=_nccl_version(int(hvd.nccl_built())),
+        cuda=bool(hvd.cuda_built()),
+    )
+
+
+__all__ = [
+    "Distribution",
+    "HorovodBuild",
+    "HorovodDistribution",
+    "LocalDistribution",
+    "horovod_build",
+    "init",
+    "launched_by_horovodrun",
+]

@@ -305,7 +305,8 @@ def start_sshd(stack: contextlib.ExitStack, host: Host, client: SshClient, direc
         f"ListenAddress {host.address}\nPort {SSH_PORT}\nHostKey {client.host_key}\n"
         f"AuthorizedKeysFile {client.authorized_keys}\nPidFile {directory / f'sshd-{host.name}.pid'}\n"
         "StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nLogLevel INFO\n",
+        "KbdInteractiveAuthentication no\nUsePAM no\nLogLevel INFO\n"
+        "Subsystem sftp internal-sftp\n",  # for dvc-ssh remotes
         encoding="utf-8",
     )
     log = directory / f"sshd-{host.name}.log"
