@@ -261,14 +261,25 @@ def pod_spec(document: dict, role: str) -> dict:
 
 
 def launcher_command(document: dict) -> list[str]:
-    """The ``exec horovodrun ...`` line of the launcher's script, split like the shell does."""
+    """The ``exec mpirun ...`` line of the launcher's script, split like the shell does."""
     script = pod_spec(document, "Launcher")["containers"][0]["args"][0].replace("\\\n", " ")
-    line = next(line for line in script.splitlines() if line.strip().startswith("exec horovodrun"))
+    line = next(line for line in script.splitlines() if line.strip().startswith("exec mpirun"))
     return shlex.split(line)[1:]
 
 
 def option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
+
+
+def mca_parameters(command: list[str]) -> dict[str, str]:
+    """``--mca NAME VALUE`` pairs of an mpirun command line."""
+    return {command[i + 1]: command[i + 2] for i, word in enumerate(command) if word == "--mca"}
+
+
+def exported(command: list[str]) -> dict[str, str | None]:
+    """``-x NAME`` (forward the launcher's value) and ``-x NAME=VALUE`` options of an mpirun command line."""
+    pairs = [command[i + 1].partition("=") for i, word in enumerate(command) if word == "-x"]
+    return {name: value if equals else None for name, equals, value in pairs}
 
 
 def test_mpijob_manifest_is_a_v2beta1_mpijob_with_a_launcher_and_workers() -> None:
@@ -308,13 +319,21 @@ def test_mpijob_runs_the_train_stage_command_of_dvc_yaml() -> None:
     assert command[command.index("python") :] == stage_tokens[stage_tokens.index("python") :]
     assert command[command.index("python") :][:3] == ["python", "-m", "pipeline.train"]
     horovod = load_params(REPO_ROOT / "params.yaml").train.horovod
-    assert float(option(command, "--fusion-threshold-mb")) == horovod.fusion_threshold_mb
-    assert float(option(command, "--cycle-time-ms")) == horovod.cycle_time_ms
-    assert (
-        command[0] == "horovodrun"
-        and "--gloo" in command
-        and option(command, "--hostfile") == "/etc/mpi/hostfile"
-    )
+    variables = exported(command)
+    # horovodrun's --fusion-threshold-mb and --cycle-time-ms, as the environment variables they set.
+    assert int(variables["HOROVOD_FUSION_THRESHOLD"]) == horovod.fusion_threshold_mb * 1024 * 1024
+    assert float(variables["HOROVOD_CYCLE_TIME"]) == horovod.cycle_time_ms
+    # The MPI Operator's launcher runs OpenMPI's mpirun over the hostfile it mounts (one line per worker).
+    assert command[0] == "mpirun" and option(command, "--hostfile") == "/etc/mpi/hostfile"
+    assert mca_parameters(command)["pml"] == "ob1"  # as horovodrun --mpi: no UCX/openib on pod networks
+
+
+def test_mpijob_forwards_every_launcher_variable_to_the_ranks() -> None:
+    """mpirun starts remote ranks over ssh with a fresh environment: only ``-x`` names reach them."""
+    document = manifest()
+    names = {item["name"] for item in pod_spec(document, "Launcher")["containers"][0]["env"]}
+    variables = exported(launcher_command(document))
+    assert names <= set(variables) and variables["PATH"] is None  # the image's venv python on every rank
 
 
 def test_mpijob_keeps_data_checkpoints_and_mlflow_where_every_pod_sees_them() -> None:
@@ -345,13 +364,14 @@ def test_mpijob_keeps_data_checkpoints_and_mlflow_where_every_pod_sees_them() ->
     assert re.fullmatch(r"http://[\w.-]+:\d+", environment["MLFLOW_TRACKING_URI"])
 
 
-def test_mpijob_names_one_network_interface_for_nccl_and_gloo() -> None:
+def test_mpijob_names_one_network_interface_for_nccl_and_mpi() -> None:
     document = manifest()
     environment = {
         item["name"]: item["value"] for item in pod_spec(document, "Launcher")["containers"][0]["env"]
     }
-    interface = option(launcher_command(document), "--network-interfaces")
-    assert environment["NCCL_SOCKET_IFNAME"] == environment["HOROVOD_GLOO_IFACE"] == interface == "eth0"
+    parameters = mca_parameters(launcher_command(document))
+    interfaces = {parameters["btl_tcp_if_include"], parameters["oob_tcp_if_include"]}
+    assert interfaces == {environment["NCCL_SOCKET_IFNAME"]} == {"eth0"}
 
 
 def test_mpijob_ssh_setup_matches_the_image_user_and_sshd_config() -> None:

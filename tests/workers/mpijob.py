@@ -1,0 +1,59 @@
+"""deploy/mpijob.yaml's launcher command and environment, adapted to the hosts of a test.
+
+The tests run the manifest's own ``mpirun`` line: only what names the cluster changes (rank count, hostfile,
+interface, the tracking server's URI, the image's paths); every other option is the manifest's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.test_deploy import launcher_command, manifest, pod_spec
+from tests.workers.launch import horovod_environment
+
+# OpenMPI refuses to start as root unless told it may. The MPIJob's image runs as uid 1000 and needs neither
+# variable; the tests run as root (CI does), so they set what an image running as root would set.
+ALLOW_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+INTERFACE_PARAMETERS = ("btl_tcp_if_include", "oob_tcp_if_include")
+
+
+def write_hostfile(path: Path, slots: dict[str, int]) -> Path:
+    """A hostfile like the one the MPI Operator mounts at /etc/mpi/hostfile: ``host slots=N`` per line."""
+    path.write_text("".join(f"{host} slots={count}\n" for host, count in slots.items()), encoding="utf-8")
+    return path
+
+
+def launcher(
+    workers: int,
+    hostfile: Path,
+    interface: str,
+    exports: Sequence[str] = (),
+    mca: dict[str, str] | None = None,
+) -> list[str]:
+    """The manifest's ``mpirun`` for ``workers`` ranks on ``hostfile`` over ``interface``.
+
+    ``exports`` are forwarded with ``-x`` as well (test-only debug variables); ``mca`` adds or replaces
+    ``--mca`` parameters (e.g. the ssh agent).
+    """
+    command = launcher_command(manifest())
+    command[command.index("-np") + 1] = str(workers)
+    command[command.index("--hostfile") + 1] = str(hostfile)
+    for index, word in enumerate(command):
+        if word == "--mca" and command[index + 1] in INTERFACE_PARAMETERS:
+            command[index + 2] = interface
+    python = command.index("python")
+    extra = [part for name in exports for part in ("-x", name)]
+    extra += [part for name, value in (mca or {}).items() for part in ("--mca", name, value)]
+    return command[:python] + extra + command[python:]
+
+
+def launcher_environment(tracking_uri: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The launcher pod's variables (MLflow's URI replaced), this venv first on PATH, root allowed."""
+    declared = {
+        item["name"]: item["value"] for item in pod_spec(manifest(), "Launcher")["containers"][0]["env"]
+    }
+    environment = horovod_environment()  # PATH with this venv's python, PYTHONPATH with the repository
+    declared["PYTHONPATH"] = environment["PYTHONPATH"]  # the manifest's /workspace is the image's checkout
+    declared["MLFLOW_TRACKING_URI"] = tracking_uri
+    return {**environment, **declared, **ALLOW_ROOT, **(extra or {})}
