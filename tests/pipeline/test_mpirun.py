@@ -6,8 +6,6 @@ with identical weights on both ranks. (The same launcher across two hosts: tests
 from __future__ import annotations
 
 import json
-import re
-import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +13,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
 from summarizer import runner
-from summarizer.config import Params
-from tests.conftest import REPO_ROOT
 from tests.workers import mpijob
 from tests.workers.launch import check, horovod_environment
-from tests.workers.tiny_data import tiny_train_params, write_params, write_tokenized
+from tests.workers.tiny_data import write_tokenized
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +46,6 @@ def tokenized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tokenized(tmp_path_factory.mktemp("data"))
 
 
-def run_directory(directory: Path, tokenized: Path) -> Params:
-    """``params.yaml`` (tiny, 2 workers, MLflow in ``mlflow.db`` there) and ``data/tokenized``; the params."""
-    values = tiny_train_params(epochs=EPOCHS, workers=WORKERS)
-    params = write_params(directory / "params.yaml", values, "sqlite:///mlflow.db")
-    (directory / "data").mkdir()
-    (directory / "data/tokenized").symlink_to(tokenized, target_is_directory=True)
-    return params
-
-
 def run(command: list[str], directory: Path, environment: dict[str, str]) -> StageRun:
     result = subprocess.run(
         command, cwd=directory, env=environment, capture_output=True, text=True, timeout=600
@@ -71,7 +57,7 @@ def run(command: list[str], directory: Path, environment: dict[str, str]) -> Sta
 def mpirun_training(tmp_path_factory: pytest.TempPathFactory, tokenized: Path) -> StageRun:
     """The MPIJob launcher's command, with this host's hostfile and loopback instead of the pod network."""
     directory = tmp_path_factory.mktemp("mpirun")
-    run_directory(directory, tokenized)
+    mpijob.lay_out_run_directory(directory, tokenized, EPOCHS)
     hostfile = mpijob.write_hostfile(directory / "hostfile", {"localhost": WORKERS})
     command = mpijob.launcher(WORKERS, hostfile, "lo", exports=[runner.DUMP_WEIGHTS_VARIABLE])
     environment = mpijob.launcher_environment(
@@ -80,27 +66,12 @@ def mpirun_training(tmp_path_factory: pytest.TempPathFactory, tokenized: Path) -
     return run(command, directory, environment)
 
 
-def horovodrun_mpi_command(params: dict) -> list[str]:
-    """dvc.yaml's train command, interpolated with ``params`` as DVC does, with ``--mpi`` for ``--gloo``."""
-    template = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["train"]["cmd"]
-
-    def value(match: re.Match[str]) -> str:
-        node = params
-        for key in match.group(1).split("."):
-            node = node[key]
-        return str(node)
-
-    command = shlex.split(re.sub(r"\$\{([\w.]+)\}", value, template))
-    assert command[:2] == ["horovodrun", "--gloo"], command
-    return ["horovodrun", "--mpi", *command[2:]]
-
-
 @pytest.fixture(scope="module")
 def horovodrun_mpi_training(tmp_path_factory: pytest.TempPathFactory, tokenized: Path) -> StageRun:
     directory = tmp_path_factory.mktemp("horovodrun-mpi")
-    params = run_directory(directory, tokenized).to_nested_dict()
+    params = mpijob.lay_out_run_directory(directory, tokenized, EPOCHS).to_nested_dict()
     environment = horovod_environment({runner.DUMP_WEIGHTS_VARIABLE: str(directory / "weights")})
-    return run(horovodrun_mpi_command(params), directory, environment)
+    return run(mpijob.dvc_train_command(params, "--mpi"), directory, environment)
 
 
 def assert_one_finished_run_and_identical_ranks(stage: StageRun) -> None:

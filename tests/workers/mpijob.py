@@ -6,11 +6,18 @@ interface, the tracking server's URI, the image's paths); every other option is 
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
+from summarizer.config import Params
+from tests.conftest import REPO_ROOT
 from tests.test_deploy import launcher_command, manifest, pod_spec
 from tests.workers.launch import horovod_environment
+from tests.workers.tiny_data import tiny_train_params, write_params
 
 # OpenMPI refuses to start as root unless told it may. The MPIJob's image runs as uid 1000 and needs neither
 # variable; the tests run as root (CI does), so they set what an image running as root would set.
@@ -57,3 +64,28 @@ def launcher_environment(tracking_uri: str, extra: dict[str, str] | None = None)
     declared["PYTHONPATH"] = environment["PYTHONPATH"]  # the manifest's /workspace is the image's checkout
     declared["MLFLOW_TRACKING_URI"] = tracking_uri
     return {**environment, **declared, **ALLOW_ROOT, **(extra or {})}
+
+
+def lay_out_run_directory(directory: Path, tokenized: Path, epochs: int, workers: int = 2) -> Params:
+    """``params.yaml`` (tiny, MLflow in ``mlflow.db`` there) and ``data/tokenized``, the manifest's paths."""
+    values = tiny_train_params(epochs=epochs, workers=workers)
+    params = write_params(directory / "params.yaml", values, "sqlite:///mlflow.db")
+    (directory / "data").mkdir()
+    (directory / "data/tokenized").symlink_to(tokenized, target_is_directory=True)
+    return params
+
+
+def dvc_train_command(params: dict, controller: str = "--gloo") -> list[str]:
+    """dvc.yaml's train command, interpolated with ``params`` as DVC does; ``--mpi`` replaces ``--gloo``."""
+    template = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["train"]["cmd"]
+
+    def value(match: re.Match[str]) -> str:
+        node = params
+        for key in match.group(1).split("."):
+            node = node[key]
+        return str(node)
+
+    command = shlex.split(re.sub(r"\$\{([\w.]+)\}", value, template))
+    if command[:2] != ["horovodrun", "--gloo"]:
+        raise ValueError(f"dvc.yaml's train command no longer starts with horovodrun --gloo: {command}")
+    return ["horovodrun", controller, *command[2:]]
