@@ -119,6 +119,15 @@ def test_dockerfile_builds_horovod_with_the_setup_script_in_gpu_mode() -> None:
     ]
 
 
+def test_dockerfile_and_the_ci_gpu_build_run_the_same_setup_steps() -> None:
+    """scripts/build-gpu.sh (run here without a GPU) differs from the image's build in the nvcc alone."""
+    build_script = (REPO_ROOT / "scripts" / "build-gpu.sh").read_text(encoding="utf-8")
+    assert '"$REPO_DIR/scripts/setup.sh" --gpu --cuda-from-wheels --venv "$VENV_DIR"' in build_script
+    setup_runs = [command for command in runs(dockerfile(), stage=0) if "scripts/setup.sh --" in command]
+    assert "--cuda-from-wheels" not in setup_runs[0]  # the -devel image's CUDA 12.5 nvcc (README says why)
+    assert "HOROVOD_NCCL" not in setup_runs[0]  # NCCL: TensorFlow's wheel, as in build-gpu.sh
+
+
 def test_dockerfile_version_args_match_the_pins_of_setup_script_and_constraints() -> None:
     instructions = dockerfile()
     pins = shell_assignments(SETUP_SCRIPT)
@@ -430,4 +439,14 @@ def test_setup_gpu_stops_before_installing_anything_without_nvcc(tmp_path: Path)
         "setup: error: nvcc not found" in result.stderr
         and "Checking GPU build prerequisites" in result.stdout
     )
+    assert not (tmp_path / "venv").exists()
+
+
+def test_setup_refuses_cuda_from_wheels_without_gpu(tmp_path: Path) -> None:
+    environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable}
+    result = run_bounded(
+        [str(SETUP_SCRIPT), "--cuda-from-wheels", "--venv", str(tmp_path / "venv")], environment, timeout=60
+    )
+    assert result.returncode == 2
+    assert "--cuda-from-wheels is for the GPU build: add --gpu" in result.stderr
     assert not (tmp_path / "venv").exists()
