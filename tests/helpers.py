@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,3 +153,8 @@ class LoopbackMlflowServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
         self.process = None
+
+
+def shell_assignments(path: Path) -> dict[str, str]:
+    """Top-level ``NAME=value`` lines of a shell script."""
+    return dict(re.findall(r"^([A-Z_]+)=(\S+)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE))

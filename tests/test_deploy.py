@@ -21,11 +21,12 @@ import yaml
 
 from summarizer.config import load_params, params_from_dict
 from tests.conftest import REPO_ROOT
+from tests.helpers import shell_assignments
+from tests.workers.mpijob import exported, launcher_command, manifest, mca_parameters, option, pod_spec
 
 DOCKERFILE = REPO_ROOT / "Dockerfile.gpu"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup.sh"
-MANIFEST = REPO_ROOT / "deploy" / "mpijob.yaml"
 DEPLOY_README = REPO_ROOT / "deploy" / "README.md"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
@@ -68,11 +69,6 @@ def arg_defaults(instructions: list[Instruction], stage: int) -> dict[str, str]:
 
 def expand(value: str, defaults: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda match: defaults[match.group(1) or match.group(2)], value)
-
-
-def shell_assignments(path: Path) -> dict[str, str]:
-    """Top-level ``NAME=value`` lines of a shell script."""
-    return dict(re.findall(r"^([A-Z_]+)=(\S+)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE))
 
 
 def dockerfile() -> list[Instruction]:
@@ -258,37 +254,6 @@ def test_dockerignore_keeps_every_file_git_tracks_so_dvc_sees_a_clean_tree() -> 
     assert [
         path for path in sorted(required | {name for name in tracked if name}) if is_ignored(path, patterns)
     ] == []
-
-
-def manifest() -> dict:
-    with MANIFEST.open(encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
-
-
-def pod_spec(document: dict, role: str) -> dict:
-    return document["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
-
-
-def launcher_command(document: dict) -> list[str]:
-    """The ``exec mpirun ...`` line of the launcher's script, split like the shell does."""
-    script = pod_spec(document, "Launcher")["containers"][0]["args"][0].replace("\\\n", " ")
-    line = next(line for line in script.splitlines() if line.strip().startswith("exec mpirun"))
-    return shlex.split(line)[1:]
-
-
-def option(command: list[str], name: str) -> str:
-    return command[command.index(name) + 1]
-
-
-def mca_parameters(command: list[str]) -> dict[str, str]:
-    """``--mca NAME VALUE`` pairs of an mpirun command line."""
-    return {command[i + 1]: command[i + 2] for i, word in enumerate(command) if word == "--mca"}
-
-
-def exported(command: list[str]) -> dict[str, str | None]:
-    """``-x NAME`` (forward the launcher's value) and ``-x NAME=VALUE`` options of an mpirun command line."""
-    pairs = [command[i + 1].partition("=") for i, word in enumerate(command) if word == "-x"]
-    return {name: value if equals else None for name, equals, value in pairs}
 
 
 def test_mpijob_manifest_is_a_v2beta1_mpijob_with_a_launcher_and_workers() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_deploy import shell_assignments
+from tests.helpers import shell_assignments
 
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup.sh"
 PROBE = Path(__file__).parent / "workers" / "gpu_build_probe.py"

@@ -15,14 +15,45 @@ import yaml
 
 from summarizer.config import Params
 from tests.conftest import REPO_ROOT
-from tests.test_deploy import launcher_command, manifest, pod_spec
 from tests.workers.launch import horovod_environment
 from tests.workers.tiny_data import tiny_train_params, write_params
 
+MANIFEST = REPO_ROOT / "deploy" / "mpijob.yaml"
 # OpenMPI refuses to start as root unless told it may. The MPIJob's image runs as uid 1000 and needs neither
 # variable; the tests run as root (CI does), so they set what an image running as root would set.
 ALLOW_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 INTERFACE_PARAMETERS = ("btl_tcp_if_include", "oob_tcp_if_include")
+
+
+def manifest() -> dict:
+    with MANIFEST.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def pod_spec(document: dict, role: str) -> dict:
+    return document["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
+
+
+def launcher_command(document: dict) -> list[str]:
+    """The ``exec mpirun ...`` line of the launcher's script, split like the shell does."""
+    script = pod_spec(document, "Launcher")["containers"][0]["args"][0].replace("\\\n", " ")
+    line = next(line for line in script.splitlines() if line.strip().startswith("exec mpirun"))
+    return shlex.split(line)[1:]
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def mca_parameters(command: list[str]) -> dict[str, str]:
+    """``--mca NAME VALUE`` pairs of an mpirun command line."""
+    return {command[i + 1]: command[i + 2] for i, word in enumerate(command) if word == "--mca"}
+
+
+def exported(command: list[str]) -> dict[str, str | None]:
+    """``-x NAME`` (forward the launcher's value) and ``-x NAME=VALUE`` options of an mpirun command line."""
+    pairs = [command[i + 1].partition("=") for i, word in enumerate(command) if word == "-x"]
+    return {name: value if equals else None for name, equals, value in pairs}
 
 
 def write_hostfile(path: Path, slots: dict[str, int]) -> Path:
