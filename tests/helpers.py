@@ -10,6 +10,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,3 +176,8 @@ def write_pinned(directory: Path, text: str, **manifest_overrides: object) -> Pa
     }
     (directory / debian.MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
     return directory
+
+
+def shell_assignments(path: Path) -> dict[str, str]:
+    """Top-level ``NAME=value`` lines of a shell script."""
+    return dict(re.findall(r"^([A-Z_]+)=(\S+)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE))

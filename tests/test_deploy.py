@@ -21,11 +21,12 @@ import yaml
 
 from summarizer.config import load_params, params_from_dict
 from tests.conftest import REPO_ROOT
+from tests.helpers import shell_assignments
+from tests.workers.mpijob import exported, launcher_command, manifest, mca_parameters, option, pod_spec
 
 DOCKERFILE = REPO_ROOT / "Dockerfile.gpu"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup.sh"
-MANIFEST = REPO_ROOT / "deploy" / "mpijob.yaml"
 DEPLOY_README = REPO_ROOT / "deploy" / "README.md"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
@@ -70,11 +71,6 @@ def expand(value: str, defaults: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda match: defaults[match.group(1) or match.group(2)], value)
 
 
-def shell_assignments(path: Path) -> dict[str, str]:
-    """Top-level ``NAME=value`` lines of a shell script."""
-    return dict(re.findall(r"^([A-Z_]+)=(\S+)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE))
-
-
 def dockerfile() -> list[Instruction]:
     return parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
 
@@ -117,6 +113,15 @@ def test_dockerfile_builds_horovod_with_the_setup_script_in_gpu_mode() -> None:
     assert "/opt/venv" in [
         i.arguments.split()[-1] for i in instructions if i.keyword == "COPY" and "--from" in i.arguments
     ]
+
+
+def test_dockerfile_and_the_ci_gpu_build_run_the_same_setup_steps() -> None:
+    """scripts/build-gpu.sh (run here without a GPU) differs from the image's build in the nvcc alone."""
+    build_script = (REPO_ROOT / "scripts" / "build-gpu.sh").read_text(encoding="utf-8")
+    assert '"$REPO_DIR/scripts/setup.sh" --gpu --cuda-from-wheels --venv "$VENV_DIR"' in build_script
+    setup_runs = [command for command in runs(dockerfile(), stage=0) if "scripts/setup.sh --" in command]
+    assert "--cuda-from-wheels" not in setup_runs[0]  # the -devel image's CUDA 12.5 nvcc (README says why)
+    assert "HOROVOD_NCCL" not in setup_runs[0]  # NCCL: TensorFlow's wheel, as in build-gpu.sh
 
 
 def test_dockerfile_version_args_match_the_pins_of_setup_script_and_constraints() -> None:
@@ -251,26 +256,6 @@ def test_dockerignore_keeps_every_file_git_tracks_so_dvc_sees_a_clean_tree() -> 
     ] == []
 
 
-def manifest() -> dict:
-    with MANIFEST.open(encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
-
-
-def pod_spec(document: dict, role: str) -> dict:
-    return document["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
-
-
-def launcher_command(document: dict) -> list[str]:
-    """The ``exec horovodrun ...`` line of the launcher's script, split like the shell does."""
-    script = pod_spec(document, "Launcher")["containers"][0]["args"][0].replace("\\\n", " ")
-    line = next(line for line in script.splitlines() if line.strip().startswith("exec horovodrun"))
-    return shlex.split(line)[1:]
-
-
-def option(command: list[str], name: str) -> str:
-    return command[command.index(name) + 1]
-
-
 def test_mpijob_manifest_is_a_v2beta1_mpijob_with_a_launcher_and_workers() -> None:
     document = manifest()
     assert (document["apiVersion"], document["kind"]) == ("kubeflow.org/v2beta1", "MPIJob")
@@ -308,13 +293,21 @@ def test_mpijob_runs_the_train_stage_command_of_dvc_yaml() -> None:
     assert command[command.index("python") :] == stage_tokens[stage_tokens.index("python") :]
     assert command[command.index("python") :][:3] == ["python", "-m", "pipeline.train"]
     horovod = load_params(REPO_ROOT / "params.yaml").train.horovod
-    assert float(option(command, "--fusion-threshold-mb")) == horovod.fusion_threshold_mb
-    assert float(option(command, "--cycle-time-ms")) == horovod.cycle_time_ms
-    assert (
-        command[0] == "horovodrun"
-        and "--gloo" in command
-        and option(command, "--hostfile") == "/etc/mpi/hostfile"
-    )
+    variables = exported(command)
+    # horovodrun's --fusion-threshold-mb and --cycle-time-ms, as the environment variables they set.
+    assert int(variables["HOROVOD_FUSION_THRESHOLD"]) == horovod.fusion_threshold_mb * 1024 * 1024
+    assert float(variables["HOROVOD_CYCLE_TIME"]) == horovod.cycle_time_ms
+    # The MPI Operator's launcher runs OpenMPI's mpirun over the hostfile it mounts (one line per worker).
+    assert command[0] == "mpirun" and option(command, "--hostfile") == "/etc/mpi/hostfile"
+    assert mca_parameters(command)["pml"] == "ob1"  # as horovodrun --mpi: no UCX/openib on pod networks
+
+
+def test_mpijob_forwards_every_launcher_variable_to_the_ranks() -> None:
+    """mpirun starts remote ranks over ssh with a fresh environment: only ``-x`` names reach them."""
+    document = manifest()
+    names = {item["name"] for item in pod_spec(document, "Launcher")["containers"][0]["env"]}
+    variables = exported(launcher_command(document))
+    assert names <= set(variables) and variables["PATH"] is None  # the image's venv python on every rank
 
 
 def test_mpijob_keeps_data_checkpoints_and_mlflow_where_every_pod_sees_them() -> None:
@@ -345,13 +338,14 @@ def test_mpijob_keeps_data_checkpoints_and_mlflow_where_every_pod_sees_them() ->
     assert re.fullmatch(r"http://[\w.-]+:\d+", environment["MLFLOW_TRACKING_URI"])
 
 
-def test_mpijob_names_one_network_interface_for_nccl_and_gloo() -> None:
+def test_mpijob_names_one_network_interface_for_nccl_and_mpi() -> None:
     document = manifest()
     environment = {
         item["name"]: item["value"] for item in pod_spec(document, "Launcher")["containers"][0]["env"]
     }
-    interface = option(launcher_command(document), "--network-interfaces")
-    assert environment["NCCL_SOCKET_IFNAME"] == environment["HOROVOD_GLOO_IFACE"] == interface == "eth0"
+    parameters = mca_parameters(launcher_command(document))
+    interfaces = {parameters["btl_tcp_if_include"], parameters["oob_tcp_if_include"]}
+    assert interfaces == {environment["NCCL_SOCKET_IFNAME"]} == {"eth0"}
 
 
 def test_mpijob_ssh_setup_matches_the_image_user_and_sshd_config() -> None:
@@ -410,4 +404,14 @@ def test_setup_gpu_stops_before_installing_anything_without_nvcc(tmp_path: Path)
         "setup: error: nvcc not found" in result.stderr
         and "Checking GPU build prerequisites" in result.stdout
     )
+    assert not (tmp_path / "venv").exists()
+
+
+def test_setup_refuses_cuda_from_wheels_without_gpu(tmp_path: Path) -> None:
+    environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable}
+    result = run_bounded(
+        [str(SETUP_SCRIPT), "--cuda-from-wheels", "--venv", str(tmp_path / "venv")], environment, timeout=60
+    )
+    assert result.returncode == 2
+    assert "--cuda-from-wheels is for the GPU build: add --gpu" in result.stderr
     assert not (tmp_path / "venv").exists()

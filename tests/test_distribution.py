@@ -106,3 +106,27 @@ def test_local_distribution_is_the_identity(monkeypatch: pytest.MonkeyPatch) -> 
     local.broadcast_variables(layer.weights)
     local.barrier()
     assert np.array_equal(layer.kernel.numpy(), before)
+
+
+def fake_gpus(count: int) -> list[tf.config.PhysicalDevice]:
+    """The device list TensorFlow returns on a host with ``count`` GPUs."""
+    return [tf.config.PhysicalDevice(f"/physical_device:GPU:{index}", "GPU") for index in range(count)]
+
+
+def test_each_local_rank_gets_its_own_gpu() -> None:
+    gpus = fake_gpus(4)
+    chosen = [distribution.gpu_for_local_rank(gpus, local_rank, 4) for local_rank in range(4)]
+    assert [gpu.name for gpu in chosen] == [f"/physical_device:GPU:{index}" for index in range(4)]
+    # Fewer ranks than GPUs (train.workers 2 on a 4-GPU host): the first ones, one each.
+    assert distribution.gpu_for_local_rank(gpus, 1, 2).name == "/physical_device:GPU:1"
+
+
+def test_a_process_that_sees_one_gpu_takes_it_and_a_cpu_host_gets_none() -> None:
+    # E.g. a launcher that sets CUDA_VISIBLE_DEVICES per rank: local rank 3 sees one device, its own.
+    assert distribution.gpu_for_local_rank(fake_gpus(1), 3, 4).name == "/physical_device:GPU:0"
+    assert distribution.gpu_for_local_rank([], 1, 2) is None
+
+
+def test_more_local_ranks_than_gpus_is_refused_naming_both_counts() -> None:
+    with pytest.raises(ValueError, match="4 processes on this host but 2 GPUs visible"):
+        distribution.gpu_for_local_rank(fake_gpus(2), 0, 4)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import tensorflow as tf
 
 # Set by horovodrun (Gloo) or by the MPI launchers horovodrun uses.
 LAUNCHER_VARIABLES = ("HOROVOD_RANK", "HOROVOD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+Device = TypeVar("Device")  # tf.config.PhysicalDevice, or anything standing for one
 
 
 def _backend_variable(variable: Any) -> tf.Variable:
@@ -48,6 +49,32 @@ def _pack(value: float | Mapping[str, float]) -> tuple[list[str] | None, tf.Tens
 def _unpack(names: list[str] | None, packed: tf.Tensor) -> float | dict[str, float]:
     numbers = [float(number) for number in packed.numpy()]
     return numbers[0] if names is None else dict(zip(names, numbers, strict=True))
+
+
+def gpu_for_local_rank(gpus: Sequence[Device], local_rank: int, local_size: int) -> Device | None:
+    """The GPU this process trains on: one per process, chosen by its rank on this host.
+
+    Args:
+        gpus: the GPUs this process sees (``tf.config.list_physical_devices("GPU")``).
+        local_rank: the process's rank among the ``local_size`` processes on this host.
+
+    Returns:
+        ``gpus[local_rank]`` when every local process can have its own; the only GPU when the launcher gave
+        each process one (``CUDA_VISIBLE_DEVICES`` per rank); None without GPUs (CPU training).
+
+    Raises:
+        ValueError: more processes on this host than GPUs, which would put two ranks on one GPU.
+    """
+    if not gpus:
+        return None
+    if len(gpus) == 1:
+        return gpus[0]
+    if local_size <= len(gpus):
+        return gpus[local_rank]
+    raise ValueError(
+        f"{local_size} processes on this host but {len(gpus)} GPUs visible: start at most {len(gpus)} ranks "
+        "per host (train.workers, or slots per host in -H/--hostfile), or make every GPU visible"
+    )
 
 
 class Distribution:
@@ -146,8 +173,9 @@ class HorovodDistribution(Distribution):
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
-        if gpus:
-            tf.config.set_visible_devices(gpus[self.local_rank % len(gpus)], "GPU")
+        gpu = gpu_for_local_rank(gpus, self.local_rank, self._hvd.local_size())
+        if gpu is not None:
+            tf.config.set_visible_devices(gpu, "GPU")
         elif not tf.config.threading.get_intra_op_parallelism_threads():
             threads = max(1, (os.cpu_count() or 1) // self._hvd.local_size())
             tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -292,6 +320,7 @@ __all__ = [
     "HorovodBuild",
     "HorovodDistribution",
     "LocalDistribution",
+    "gpu_for_local_rank",
     "horovod_build",
     "init",
     "launched_by_horovodrun",

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
+from tests.workers import mpijob
 from tests.workers.launch import VENV_BIN, horovod_environment
 
 INTERFACE = "eth0"  # the same name inside every namespace, as on the nodes of a real cluster
@@ -471,6 +472,37 @@ class Cluster:
             self.horovodrun_command(arguments),
             cwd=cwd,
             env=self.environment(extra_environment),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def mpirun(
+        self,
+        cwd: Path,
+        exports: Sequence[str] = (),
+        extra_environment: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
+        timeout: float = 240,
+    ) -> subprocess.CompletedProcess:
+        """deploy/mpijob.yaml's launcher (``mpirun`` and the train command) started from inside host A.
+
+        As under the MPI Operator: a hostfile with one slot per host, ranks started over ssh (here the test
+        key's wrapper as ``plm_rsh_agent``), MPI's TCP traffic on ``eth0``. ``cwd`` is the run directory;
+        ``wrapper`` (e.g. ``sh -c ...``) is put before the train command's ``python``.
+        """
+        hostfile = mpijob.write_hostfile(cwd / "hostfile", {host.address: 1 for host in self.hosts})
+        agent = {"plm_rsh_agent": str(self.ssh.bin_dir / "ssh")}
+        command = mpijob.launcher(len(self.hosts), hostfile, INTERFACE, exports, mca=agent)
+        python = command.index("python")
+        command[python:python] = list(wrapper)
+        base = mpijob.launcher_environment(self.tracking_uri, extra_environment)
+        environment = {**base, "PATH": f"{self.ssh.bin_dir}{os.pathsep}{base['PATH']}"}
+        addresses = (self.network.address, *(host.address for host in self.hosts))
+        return subprocess.run(
+            self.hosts[0].command(command),
+            cwd=cwd,
+            env=no_proxy_environment(*addresses, base=environment),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -27,7 +27,10 @@ from tests.workers.tiny_data import tiny_train_params, write_tokenized
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "two-hosts"
+MPIRUN_EXPERIMENT = "two-hosts-mpirun"
 EPOCHS = 2
+# Put before the train command: each rank records its network namespace, then becomes the train stage.
+RECORD_NAMESPACE = 'readlink /proc/self/ns/net > "$0/namespace-rank$OMPI_COMM_WORLD_RANK" && exec "$@"'
 # Run by every rank: where it runs (namespace, Horovod's host and interface) and three collectives.
 ALLREDUCE_WORKER = """
 import json, os, sys
@@ -215,3 +218,67 @@ def test_killing_the_rank_on_host_b_ends_the_job_and_the_rerun_resumes(
     resumed = check(cluster.horovodrun(arguments, cwd=tmp_path, extra_environment=every_step))
     assert "resuming from" in resumed.stdout
     assert client.get_run(state["run_id"]).info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def two_host_mpirun_training(
+    cluster: hosts.Cluster, tokenized: Path, tmp_path_factory: pytest.TempPathFactory
+) -> TrainingRun:
+    """deploy/mpijob.yaml's launcher line over the two hosts, in a run directory laid out like the job's."""
+    directory = tmp_path_factory.mktemp("two-hosts-mpirun")
+    params = tiny_train_params(epochs=EPOCHS, workers=2)
+    params["tracking"] = {"tracking_uri": "sqlite:///params-store.db", "experiment": MPIRUN_EXPERIMENT}
+    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    (directory / "data").mkdir()
+    (directory / "data/tokenized").symlink_to(tokenized, target_is_directory=True)
+    logins_before = len(cluster.logins(cluster.hosts[1]))
+    result = cluster.mpirun(
+        directory,
+        exports=[runner.DUMP_WEIGHTS_VARIABLE],
+        extra_environment={runner.DUMP_WEIGHTS_VARIABLE: str(directory / "weights")},
+        wrapper=["sh", "-c", RECORD_NAMESPACE, str(directory)],
+    )
+    return TrainingRun(check(result), directory, logins_before)
+
+
+def test_mpirun_as_the_mpijob_runs_it_starts_rank_one_on_host_b(
+    cluster: hosts.Cluster, two_host_mpirun_training: TrainingRun
+) -> None:
+    run = two_host_mpirun_training
+    for rank, host in enumerate(cluster.hosts):
+        namespace_inode = os.stat(f"/run/netns/{host.namespace}").st_ino
+        recorded = (run.directory / f"namespace-rank{rank}").read_text(encoding="utf-8").strip()
+        assert recorded == f"net:[{namespace_inode}]", f"rank {rank} did not run on {host.name}"
+    new_logins = cluster.logins(cluster.hosts[1])[run.logins_before :]
+    assert any(f"from {cluster.hosts[0].address} " in login for login in new_logins)  # orted over ssh
+    chief, other = run.weights(0), run.weights(1)
+    assert len(chief) == len(other) > 0
+    for chief_array, other_array in zip(chief, other, strict=True):
+        assert np.array_equal(chief_array, other_array)
+    metrics = json.loads((run.directory / "metrics/train.json").read_text(encoding="utf-8"))
+    assert (metrics["workers"], metrics["epochs"]) == (2, EPOCHS)
+    assert not (run.directory / "params-store.db").exists()  # MLFLOW_TRACKING_URI, forwarded by -x, won
+
+
+def test_mpirun_across_hosts_logs_one_run_and_trains_like_gloo(
+    cluster: hosts.Cluster,
+    two_host_mpirun_training: TrainingRun,
+    two_host_training: TrainingRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One FINISHED run on the shared server; the same weights as horovodrun --gloo over the same hosts."""
+    run = two_host_mpirun_training
+    monkeypatch.setenv("NO_PROXY", cluster.network.address)
+    client = mlflow.MlflowClient(cluster.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(MPIRUN_EXPERIMENT).experiment_id])
+    saved = json.loads((run.directory / "models/summarizer/run.json").read_text(encoding="utf-8"))
+    assert [tracked.info.run_id for tracked in runs] == [saved["run_id"]]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["workers"] == "2"
+    assert len(client.get_metric_history(saved["run_id"], "val_loss")) == EPOCHS
+    for mpi_array, gloo_array in zip(run.weights(0), two_host_training.weights(0), strict=True):
+        np.testing.assert_allclose(mpi_array, gloo_array, rtol=1e-5, atol=1e-7)
+    mpi_metrics = json.loads((run.directory / "metrics/train.json").read_text(encoding="utf-8"))
+    print(
+        f"samples/s across two hosts: mpirun {mpi_metrics['samples_per_second']:.1f}, "
+        f"horovodrun --gloo {two_host_training.metrics['samples_per_second']:.1f}"
+    )
