@@ -130,3 +130,14 @@ def test_a_process_that_sees_one_gpu_takes_it_and_a_cpu_host_gets_none() -> None
 def test_more_local_ranks_than_gpus_is_refused_naming_both_counts() -> None:
     with pytest.raises(ValueError, match="4 processes on this host but 2 GPUs visible"):
         distribution.gpu_for_local_rank(fake_gpus(2), 0, 4)
+
+
+def test_peer_failures_are_told_apart_from_other_errors() -> None:
+    horovod = distribution.HorovodDistribution.__new__(distribution.HorovodDistribution)  # no hvd.init()
+    shut_down = RuntimeError(
+        "... Horovod has been shut down. This was caused by an exception on one of the ranks"
+    )
+    reset = RuntimeError("Gloo ... Read error [10.213.7.2]:6053: Connection reset by peer")
+    assert horovod.is_peer_failure(shut_down) and horovod.is_peer_failure(reset)
+    assert not horovod.is_peer_failure(ValueError("train split is empty"))
+    assert not distribution.LocalDistribution().is_peer_failure(shut_down)

@@ -18,7 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from summarizer import distribution
-from summarizer.doctor import EXPECTED_SUM, check_reports, package_version
+from summarizer.doctor import package_version
+from summarizer.selftest import EXPECTED_SUM, check_reports
 from tests.pipeline.dvc_project import DvcProject, tiny_params
 
 VENV_BIN = Path(sys.executable).parent
@@ -227,12 +228,12 @@ def test_doctor_gives_up_on_a_silent_mlflow_server_after_its_timeout(
 
 
 def self_test_ranks_in(directory: Path) -> list[int]:
-    """Self-test ranks (``--allreduce-worker``) whose working directory is ``directory``."""
+    """Self-test ranks (``python -m summarizer.selftest``) whose working directory is ``directory``."""
     pids = []
     for process in Path("/proc").iterdir():
         try:
             command = (process / "cmdline").read_bytes().split(b"\0")
-            if b"--allreduce-worker" in command and (process / "cwd").resolve() == directory.resolve():
+            if b"summarizer.selftest" in command and (process / "cwd").resolve() == directory.resolve():
                 pids.append(int(process.name))
         except (OSError, ValueError):
             continue  # not a process, or it ended meanwhile
@@ -249,6 +250,6 @@ def test_self_tests_past_their_timeout_fail_and_leave_no_rank_behind(project: Dv
     problems = problem_lines(completed.stdout)
     assert len(problems) == 2, completed.stdout
     assert "the Gloo allreduce self-test failed (timed out after 2 s)" in problems[0]
-    assert "horovodrun --gloo -np 2 -H localhost:2" in problems[0] and "--allreduce-worker" in problems[0]
+    assert "horovodrun --gloo -np 2 -H localhost:2" in problems[0] and "summarizer.selftest" in problems[0]
     assert "the MPI allreduce self-test failed (timed out after 2 s)" in problems[1]
     assert self_test_ranks_in(project.path) == []  # the doctor stopped the launchers and their ranks

@@ -24,6 +24,12 @@ from typing import Any, TypeVar
 
 import tensorflow as tf
 
+# How a collective fails when another rank has died.
+PEER_FAILURE_MESSAGES = (
+    "Horovod has been shut down",
+    "Connection reset by peer",
+    "Connection closed by peer",
+)
 # Set by horovodrun (Gloo) or by the MPI launchers horovodrun uses.
 LAUNCHER_VARIABLES = ("HOROVOD_RANK", "HOROVOD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 Device = TypeVar("Device")  # tf.config.PhysicalDevice, or anything standing for one
@@ -224,9 +230,12 @@ class HorovodDistribution(Distribution):
         ]
 
     def is_peer_failure(self, error: BaseException) -> bool:
-        # A rank that dies (killed, OOM, lost node) shuts Horovod down on every other rank; its next
-        # collective raises with this message (measured with Gloo and a SIGKILLed rank).
-        return "Horovod has been shut down" in str(error) or type(error).__name__ == "HorovodInternalError"
+        # A rank that dies (killed, OOM, lost node) shuts Horovod down on every other rank: its next
+        # collective raises "Horovod has been shut down", or, caught inside Gloo's transfer, the socket's own
+        # error (both seen with a SIGKILLed rank, the second across two hosts).
+        return type(error).__name__ == "HorovodInternalError" or any(
+            message in str(error) for message in PEER_FAILURE_MESSAGES
+        )
 
     def barrier(self) -> None:
         # Allreduce: horovod.tensorflow has no barrier; a tiny allreduce completes only when all ranks join.

@@ -9,7 +9,7 @@ and exits 1 when there is one.
 
 It creates nothing: a sqlite tracking store that does not exist yet is reported, not created. Every
 command it runs has a timeout, after which its whole process group is stopped. The self-test ranks run
-``python -m summarizer.doctor --allreduce-worker``.
+``python -m summarizer.selftest`` (:mod:`summarizer.selftest`).
 """
 
 from __future__ import annotations
@@ -35,18 +35,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from summarizer.selftest import (
+    QUIET_ENVIRONMENT,
+    SELF_TEST_PROCESSES,
+    check_reports,
+    worker_command,
+    worker_reports,
+)
+
 if TYPE_CHECKING:
     from summarizer.distribution import HorovodBuild
 
-SELF_TEST_PROCESSES = 2
-EXPECTED_SUM = float(sum(range(1, SELF_TEST_PROCESSES + 1)))  # rank r contributes r + 1
-WORKER_OPTION = "--allreduce-worker"
 NAME_WIDTH = 22
 STOP_GRACE_SECONDS = 15.0
 PROBE_TIMEOUT_SECONDS = 30.0
 DETAIL_LINES = 8
 # TensorFlow's C++ start-up logs and Python warnings would bury the report (and the workers' output).
-QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 SETUP_FIX = "run scripts/setup.sh in the repository (it builds Horovod 0.28.1 with Gloo and MPI into .venv)"
 MPI_INSTALL_FIX = "apt-get install openmpi-bin libopenmpi-dev (or load your cluster's MPI module)"
 DESCRIPTION = (
@@ -362,33 +366,6 @@ def dvc_findings(root: Path | None) -> list[Finding]:
 # Allreduce self-tests ----------------------------------------------------------------------------------
 
 
-def worker_command() -> list[str]:
-    return [sys.executable, "-m", "summarizer.doctor", WORKER_OPTION]
-
-
-def worker_reports(output: str) -> list[dict[str, Any]]:
-    """The JSON line each rank printed (horovodrun prefixes it with ``[rank]<stdout>:``)."""
-    reports = []
-    for match in re.finditer(r'\{"rank".*\}', output):
-        with contextlib.suppress(json.JSONDecodeError):
-            reports.append(json.loads(match.group(0)))
-    return reports
-
-
-def check_reports(reports: list[dict[str, Any]], controller: str) -> str | None:
-    """What is wrong with the ranks' reports, or None when every rank summed the known tensor right."""
-    ranks = sorted(report["rank"] for report in reports)
-    if ranks != list(range(SELF_TEST_PROCESSES)):
-        return f"expected a report from ranks 0 and 1, got ranks {ranks}"
-    for report in reports:
-        if report["size"] != SELF_TEST_PROCESSES or report["controller"] != controller:
-            controller_used = report["controller"] or "no"
-            return f"rank {report['rank']} ran as one of {report['size']} on {controller_used} controller"
-        if report["sum"] != EXPECTED_SUM:
-            return f"rank {report['rank']} summed {report['sum']}, expected {EXPECTED_SUM}"
-    return None
-
-
 def self_test(name: str, controller: str, command: list[str], timeout: float, note: str) -> Finding:
     outcome = run_bounded(command, timeout)
     wrong = (
@@ -434,20 +411,6 @@ def mpi_self_test(build: HorovodBuild | None, timeout: float) -> Finding:
             options.append("--allow-run-as-root")
             note += " --allow-run-as-root: running as root"
     return self_test(name, "MPI", [mpirun, *options, *worker_command()], timeout, note)
-
-
-def allreduce_worker() -> int:
-    """One self-test rank: allreduce ``[rank + 1]`` and print what it saw as one JSON line."""
-    os.environ.update(QUIET_ENVIRONMENT)
-    import tensorflow as tf
-
-    from summarizer import distribution
-
-    run = distribution.init()
-    total = float(run.sum(tf.constant([run.rank + 1.0])).numpy()[0])
-    report = {"rank": run.rank, "size": run.size, "controller": run.controller, "sum": total}
-    print(json.dumps(report), flush=True)
-    return 0
 
 
 # Report ------------------------------------------------------------------------------------------------
@@ -502,9 +465,11 @@ def run(arguments: argparse.Namespace) -> int:
     print(f"summarizer doctor on {platform.node()} ({platform.platform(terse=True)})\n", flush=True)
     findings: list[Finding] = []
     with quiet_libraries():
-        for index, group in enumerate(checks(arguments)):
+        for group in checks(arguments):
+            # A blank line between sections; the two self-tests ("Allreduce, ...") are one section.
+            new_section = bool(findings) and findings[-1].name.split(",")[0] != group[0].name.split(",")[0]
             findings += group
-            separator = "\n" if index else ""
+            separator = "\n" if new_section else ""
             print(separator + "\n".join(format_finding(finding) for finding in group), flush=True)
     print("\n" + format_problems(findings), flush=True)
     return 1 if any(finding.problem for finding in findings) else 0
@@ -530,10 +495,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m summarizer.doctor``: the doctor itself, or one self-test rank with --allreduce-worker."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv == [WORKER_OPTION]:
-        return allreduce_worker()
+    """``python -m summarizer.doctor``."""
     parser = argparse.ArgumentParser(prog="summarizer doctor", description=DESCRIPTION)
     configure_parser(parser)
     return run(parser.parse_args(argv))
