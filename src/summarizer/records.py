@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from summarizer.config import TokenizeConfig
 from summarizer.ingested import Pair, read_pairs, split_paths
-from summarizer.io import atomic_directory, write_json
+from summarizer.io import atomic_directory, write_metrics
 from summarizer.stats import length_percentiles
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
@@ -39,6 +39,8 @@ FEATURES = {
 }
 
 logger = logging.getLogger(__name__)
+# Timings, written apart from the stats (metrics/timings/tokenize.json): they move on every run.
+TIMING_KEYS = ("tokenizer_seconds", "encode_seconds", "encode_megabytes_per_second")
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -151,9 +153,14 @@ def write_split(
 
 
 def run_tokenize(
-    config: TokenizeConfig, in_dir: str | Path, out_dir: str | Path, stats_path: str | Path
+    config: TokenizeConfig,
+    in_dir: str | Path,
+    out_dir: str | Path,
+    stats_path: str | Path,
+    timings_path: str | Path,
 ) -> dict[str, Any]:
-    """The tokenize stage: :func:`tokenize_splits` into ``out_dir`` and its stats into ``stats_path``.
+    """The tokenize stage: :func:`tokenize_splits` into ``out_dir``, its stats into ``stats_path`` and their
+    timings (:data:`TIMING_KEYS`) into ``timings_path``.
 
     ``out_dir`` is built beside itself and replaces the old one only on success.
 
@@ -162,8 +169,8 @@ def run_tokenize(
     """
     with atomic_directory(out_dir) as staging:
         stats = tokenize_splits(in_dir, staging, config)
-        write_json(stats_path, stats)
-    logger.info("written %s and %s", out_dir, stats_path)
+        write_metrics(stats, TIMING_KEYS, stats_path, timings_path)
+    logger.info("written %s, %s and %s", out_dir, stats_path, timings_path)
     return stats
 
 
@@ -174,7 +181,8 @@ def tokenize_splits(in_dir: str | Path, out_dir: str | Path, config: TokenizeCon
         Stage metrics: per split the example count, token-length percentiles before capping,
         truncation counts and fractions and the unknown-token rate; the vocabulary size (and the setting
         it came from, a number or "auto"), shards per split,
-        and the encode step's seconds and input throughput (MB of JSONL per second).
+        the input size, and the timings (:data:`TIMING_KEYS`): tokenizer and encode seconds, MB of JSONL
+        encoded per second.
 
     Raises:
         FileNotFoundError: an input split is missing. ValueError: a malformed record, or a vocabulary size
