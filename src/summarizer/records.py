@@ -48,12 +48,18 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def make_example(source_ids: Sequence[int], target_ids: Sequence[int]) -> bytes:
-    """A serialized ``tf.train.Example`` in this module's schema."""
+    """A serialized ``tf.train.Example`` in this module's schema, the same bytes in every process.
+
+    ``features`` is a protobuf map: without ``deterministic=True`` its entries are written in an order that
+    follows Python's per-process string hashing, so the same example gave different shard bytes from one run
+    to the next (and another ``data/tokenized`` hash in ``dvc.lock``).
+    """
     features = {
         "source_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=source_ids)),
         "target_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=target_ids)),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
 
 
 class ShardedWriter:
