@@ -132,6 +132,7 @@ def parse_time_report(report: str) -> dict[str, float]:
 def measure_tokenize(in_dir: Path, params_path: Path, work_dir: Path) -> dict[str, Any]:
     """Run the tokenize stage on ``in_dir``: input MB, MB/s (wall and CPU), peak RSS, the stage's timings."""
     out_dir, stats_path = work_dir / "tokenized", work_dir / "tokenize.json"
+    timings_path = work_dir / "tokenize-timings.json"
     command = [
         TIME_COMMAND,
         "-v",
@@ -146,18 +147,20 @@ def measure_tokenize(in_dir: Path, params_path: Path, work_dir: Path) -> dict[st
         str(out_dir),
         "--stats",
         str(stats_path),
+        "--timings",
+        str(timings_path),
     ]
     report = parse_time_report(_run(command).stderr)
-    stats = read_json(stats_path)
+    stats, timings = read_json(stats_path), read_json(timings_path)
     megabytes = sum((in_dir / f"{split}.jsonl").stat().st_size for split in SPLITS) / 1e6
     cpu_seconds = report["user_seconds"] + report["system_seconds"]
     return {
         "input_megabytes": round(megabytes, 3),
         "megabytes_per_second": megabytes / report["wall_seconds"],
         "megabytes_per_cpu_second": megabytes / cpu_seconds,
-        "encode_megabytes_per_second": stats["encode_megabytes_per_second"],
-        "tokenizer_seconds": stats["tokenizer_seconds"],
-        "encode_seconds": stats["encode_seconds"],
+        "encode_megabytes_per_second": timings["encode_megabytes_per_second"],
+        "tokenizer_seconds": timings["tokenizer_seconds"],
+        "encode_seconds": timings["encode_seconds"],
         "examples": sum(stats[split]["examples"] for split in SPLITS),
         **report,
     }

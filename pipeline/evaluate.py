@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test", default="data/ingested/test.jsonl", help="ingested test split")
     parser.add_argument("--data-dir", default="data/tokenized", help="directory of the test TFRecord shards")
     parser.add_argument("--metrics", default="metrics.json", help="metrics JSON to write (DVC metrics)")
+    parser.add_argument(
+        "--timings",
+        default="metrics/timings/evaluate.json",
+        help="timings JSON to write (summaries/s, seconds)",
+    )
     parser.add_argument("--predictions", default="reports/predictions.jsonl", help="per-example predictions")
     parser.add_argument("--plot", default="plots/rouge_by_length.csv", help="ROUGE-L by source length CSV")
     stage.add_root_argument(parser)
@@ -48,6 +53,7 @@ def run(arguments: argparse.Namespace, params: Params) -> None:
         predictions_path=arguments.predictions,
         plot_path=arguments.plot,
         root=arguments.root or tracking.project_root(),
+        timings_path=arguments.timings,
     )
     print(summary_text(values))
 

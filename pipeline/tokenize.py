@@ -30,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (replaced): spm.model, spm.vocab, shards",
     )
     parser.add_argument("--stats", default="metrics/tokenize.json", help="metrics JSON to write")
+    parser.add_argument(
+        "--timings", default="metrics/timings/tokenize.json", help="timings JSON to write (seconds, MB/s)"
+    )
     return parser
 
 
 def run(arguments: argparse.Namespace, params: Params) -> None:
-    run_tokenize(params.tokenize, arguments.in_dir, arguments.out_dir, arguments.stats)
+    run_tokenize(params.tokenize, arguments.in_dir, arguments.out_dir, arguments.stats, arguments.timings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("plots/train_history.csv"),
         help="per-epoch history CSV for dvc plots",
     )
+    parser.add_argument(
+        "--timings",
+        type=Path,
+        default=Path("metrics/timings/train.json"),
+        help="timings JSON (samples/s, seconds; per epoch too)",
+    )
     stage.add_root_argument(parser)
     return parser
 
@@ -43,6 +49,7 @@ def run(arguments: argparse.Namespace, params: Params) -> None:
         metrics=arguments.metrics,
         history=arguments.history,
         root=arguments.root or tracking.project_root(),
+        timings=arguments.timings,
     )
     ranks = distribution.init(dynamic_timeline=bool(params.train.horovod.timeline))
     make_deterministic(params.train.seed)  # after init, which sets the thread counts

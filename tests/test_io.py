@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from summarizer.io import atomic_directory, jsonl_text, read_jsonl, write_json
+from summarizer.io import atomic_directory, jsonl_text, read_jsonl, write_json, write_metrics
 
 
 def test_jsonl_round_trip_keeps_line_numbers_and_skips_blank_lines(tmp_path: Path) -> None:
@@ -40,3 +41,17 @@ def test_a_failed_atomic_directory_leaves_the_previous_one(tmp_path: Path) -> No
         raise RuntimeError("the work failed half-way")
     assert [path.name for path in tmp_path.iterdir()] == ["out"]
     assert [path.name for path in target.iterdir()] == ["old.txt"]
+
+
+def test_write_metrics_puts_timings_in_their_own_file(tmp_path: Path) -> None:
+    values = {"rougeL": 38.0, "lead": {"rougeL": 28.0}, "decode_seconds": 9.9, "summaries_per_second": 297.0}
+
+    write_metrics(
+        values, ("decode_seconds", "summaries_per_second"), tmp_path / "m.json", tmp_path / "t/t.json"
+    )
+
+    assert json.loads((tmp_path / "m.json").read_text()) == {"rougeL": 38.0, "lead": {"rougeL": 28.0}}
+    assert json.loads((tmp_path / "t/t.json").read_text()) == {
+        "decode_seconds": 9.9,
+        "summaries_per_second": 297.0,
+    }

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from summarizer.records import (
     FEATURES,
     SplitStats,
     list_shards,
+    make_example,
     read_dataset,
     tokenize_splits,
     write_split,
@@ -100,6 +104,27 @@ def test_shards_hold_exactly_the_encoded_ids_round_robin(
         assert shards[index % 3][index // 3] == example, index
     targets = [target for _, target in expected]
     assert any(target[-1] == EOS_ID for target in targets) and any(target[-1] != EOS_ID for target in targets)
+
+
+def test_an_example_serializes_to_the_same_bytes_whatever_the_process_hash_seed() -> None:
+    """Protobuf map order follows Python's string hashing unless serialization is deterministic."""
+    probe = (
+        "import sys; from summarizer.records import make_example; "
+        "sys.stdout.write(make_example([5, 6, 7], [8, 3]).hex())"
+    )
+    outputs = set()
+    for seed in ("0", "1", "4"):  # 0 and 1 ordered the map differently before the fix
+        environment = {**os.environ, "PYTHONHASHSEED": seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        outputs.add(result.stdout)
+    assert outputs == {make_example([5, 6, 7], [8, 3]).hex()}
 
 
 def test_split_statistics_count_truncation_before_capping(

@@ -38,6 +38,7 @@ def paths_in(root: Path, data_dir: Path) -> runner.TrainingPaths:
         metrics=root / "metrics/train.json",
         history=root / "plots/train_history.csv",
         root=root,
+        timings=root / "metrics/timings/train.json",
     )
 
 
@@ -96,6 +97,7 @@ def test_two_worker_training_resumes_after_kill_in_the_same_mlflow_run(
         "-m", "pipeline.train", "--params", str(tmp_path / "params.yaml"), "--data-dir", str(tokenized),
         "--out-dir", str(tmp_path / "models/summarizer"), "--metrics", str(tmp_path / "metrics/train.json"),
         "--history", str(tmp_path / "plots/train_history.csv"), "--root", str(tmp_path),
+        "--timings", str(tmp_path / "metrics/timings/train.json"),
     ]  # fmt: skip
 
     killed = horovodrun(command, environment={runner.STOP_AFTER_EPOCHS_VARIABLE: "1"})
@@ -144,4 +146,5 @@ def test_two_worker_training_resumes_after_kill_in_the_same_mlflow_run(
     assert "ALLREDUCE" in (tmp_path / "timeline.json").read_text()
     assert run.data.metrics["overall_samples_per_second"] > 0
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
-    assert metrics["epochs"] == 3 and metrics["workers"] == 2 and metrics["samples_per_second"] > 0
+    timings = json.loads((tmp_path / "metrics/timings/train.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["workers"] == 2 and timings["samples_per_second"] > 0

@@ -10,9 +10,12 @@ Outputs (every ROUGE figure is an F1 in percent, rounded to 2 decimals):
      "beats_lead_rougeL": 4.2,              # model rougeL - best lead rougeL, in points (negative: lead wins)
      "test_perplexity": 12.3, "test_tokens": 5120,   # teacher-forced, over the TFRecord test shards
      "test_examples": 500,
-     "summaries_per_second": 85.0,          # warm: batches after the first (which includes tracing)
-     "decode_seconds": 7.1, "first_batch_seconds": 2.0,   # total wall time of decoding, and its first batch
      "search": "beam", "beam_width": 4, "batch_size": 128}
+
+``metrics/timings/evaluate.json`` (apart, as timings move on every run; :data:`TIMING_KEYS`)::
+
+    {"summaries_per_second": 85.0,          # warm: batches after the first (which includes tracing)
+     "decode_seconds": 7.1, "first_batch_seconds": 2.0}   # total wall time of decoding, and its first batch
 
 ``reports/predictions.jsonl``: per test example ``id, source, reference, prediction, lead`` (the best lead
 baseline), ``rougeL`` and ``lead_rougeL``. ``plots/rouge_by_length.csv``: ``source_words`` (the lowest word
@@ -39,7 +42,7 @@ from summarizer import metrics, tracking
 from summarizer.config import EvaluateConfig, Params
 from summarizer.inference import SummarizerPipeline
 from summarizer.ingested import read_pairs
-from summarizer.io import atomic_write_text, jsonl_text, write_json
+from summarizer.io import atomic_write_text, jsonl_text, write_metrics
 from summarizer.losses import negative_log_likelihood
 from summarizer.model_directory import RunInfo, read_run_info
 from summarizer.records import list_shards, read_dataset
@@ -49,6 +52,7 @@ from summarizer.text import first_words
 logger = logging.getLogger(__name__)
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+TIMING_KEYS = ("summaries_per_second", "decode_seconds", "first_batch_seconds")
 PLOT_COLUMNS = ("source_words", "rouge_l", "lead_rouge_l", "count")
 BUCKET_WIDTHS = (5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
 MAX_BUCKETS = 10
@@ -209,7 +213,7 @@ def build_metrics(
     examples: int,
     decoding: EvaluateConfig,
 ) -> dict[str, Any]:
-    """The metrics.json layout of this module's docstring."""
+    """The metrics.json and timings layout of this module's docstring, in one mapping."""
     perplexity, tokens = perplexity_and_tokens
     model = {key: percent(model_scores[key]) for key in ROUGE_KEYS}
     lead_scores = {key: percent(lead.scores[key]) for key in ROUGE_KEYS}
@@ -357,6 +361,7 @@ def run_evaluation(
     predictions_path: str | Path,
     plot_path: str | Path,
     root: str | Path,
+    timings_path: str | Path,
 ) -> dict[str, Any]:
     """The evaluate stage: decode ``test_jsonl``, score it, write the three outputs, log to the training run.
 
@@ -364,7 +369,7 @@ def run_evaluation(
     atomically; the MLflow run ends FINISHED, or FAILED if anything raises after it was resumed.
 
     Returns:
-        The metrics.json values.
+        The metrics.json values and the timings.
 
     Raises:
         ModelDirectoryError, FileNotFoundError, ValueError: missing or malformed inputs (file, line, field).
@@ -378,10 +383,10 @@ def run_evaluation(
     try:
         with tracking.tracked_run(tracker, info.experiment, "evaluate", tags, run_id=info.run_id):
             values, records, rows = evaluate_model(pipeline, examples, data_dir, params.evaluate)
-            write_json(metrics_path, values)
+            write_metrics(values, TIMING_KEYS, metrics_path, timings_path)
             atomic_write_text(predictions_path, jsonl_text(records))
             atomic_write_text(plot_path, plot_csv(rows))
-            outputs = [Path(metrics_path), Path(predictions_path), Path(plot_path)]
+            outputs = [Path(metrics_path), Path(timings_path), Path(predictions_path), Path(plot_path)]
             _log_evaluation(tracker, values, records, outputs, params, model_dir)
     finally:
         tracker.report_pending("evaluate")

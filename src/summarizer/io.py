@@ -65,6 +65,19 @@ def write_json(path: str | Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def write_metrics(
+    values: Mapping[str, Any], timing_keys: Iterable[str], metrics_path: str | Path, timings_path: str | Path
+) -> None:
+    """A stage's metrics in two DVC metrics files: quality figures, and timings (seconds, rates) apart.
+
+    The same commit and inputs give the same quality figures on every rerun; timings move every time. Kept
+    apart, a rerun's ``dvc metrics diff`` shows at a glance that only timings moved.
+    """
+    timing_keys = set(timing_keys)
+    write_json(metrics_path, {key: value for key, value in values.items() if key not in timing_keys})
+    write_json(timings_path, {key: value for key, value in values.items() if key in timing_keys})
+
+
 def read_json(path: str | Path) -> Any:
     with Path(path).open(encoding="utf-8") as handle:
         return json.load(handle)

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from summarizer.config import TokenizeConfig
 from summarizer.ingested import Pair, read_pairs, split_paths
-from summarizer.io import atomic_directory, write_json
+from summarizer.io import atomic_directory, write_metrics
 from summarizer.stats import length_percentiles
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
@@ -39,6 +39,8 @@ FEATURES = {
 }
 
 logger = logging.getLogger(__name__)
+# Timings, written apart from the stats (metrics/timings/tokenize.json): they move on every run.
+TIMING_KEYS = ("tokenizer_seconds", "encode_seconds", "encode_megabytes_per_second")
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -46,12 +48,18 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def make_example(source_ids: Sequence[int], target_ids: Sequence[int]) -> bytes:
-    """A serialized ``tf.train.Example`` in this module's schema."""
+    """A serialized ``tf.train.Example`` in this module's schema, the same bytes in every process.
+
+    ``features`` is a protobuf map: without ``deterministic=True`` its entries are written in an order that
+    follows Python's per-process string hashing, so the same example gave different shard bytes from one run
+    to the next (and another ``data/tokenized`` hash in ``dvc.lock``).
+    """
     features = {
         "source_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=source_ids)),
         "target_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=target_ids)),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
 
 
 class ShardedWriter:
@@ -151,9 +159,14 @@ def write_split(
 
 
 def run_tokenize(
-    config: TokenizeConfig, in_dir: str | Path, out_dir: str | Path, stats_path: str | Path
+    config: TokenizeConfig,
+    in_dir: str | Path,
+    out_dir: str | Path,
+    stats_path: str | Path,
+    timings_path: str | Path,
 ) -> dict[str, Any]:
-    """The tokenize stage: :func:`tokenize_splits` into ``out_dir`` and its stats into ``stats_path``.
+    """The tokenize stage: :func:`tokenize_splits` into ``out_dir``, its stats into ``stats_path`` and their
+    timings (:data:`TIMING_KEYS`) into ``timings_path``.
 
     ``out_dir`` is built beside itself and replaces the old one only on success.
 
@@ -162,8 +175,8 @@ def run_tokenize(
     """
     with atomic_directory(out_dir) as staging:
         stats = tokenize_splits(in_dir, staging, config)
-        write_json(stats_path, stats)
-    logger.info("written %s and %s", out_dir, stats_path)
+        write_metrics(stats, TIMING_KEYS, stats_path, timings_path)
+    logger.info("written %s, %s and %s", out_dir, stats_path, timings_path)
     return stats
 
 
@@ -174,7 +187,8 @@ def tokenize_splits(in_dir: str | Path, out_dir: str | Path, config: TokenizeCon
         Stage metrics: per split the example count, token-length percentiles before capping,
         truncation counts and fractions and the unknown-token rate; the vocabulary size (and the setting
         it came from, a number or "auto"), shards per split,
-        and the encode step's seconds and input throughput (MB of JSONL per second).
+        the input size, and the timings (:data:`TIMING_KEYS`): tokenizer and encode seconds, MB of JSONL
+        encoded per second.
 
     Raises:
         FileNotFoundError: an input split is missing. ValueError: a malformed record, or a vocabulary size

@@ -44,7 +44,7 @@ import tensorflow as tf
 from summarizer import checkpoints, records, tracking
 from summarizer.config import Params, TrainConfig
 from summarizer.distribution import Distribution
-from summarizer.io import atomic_write_text, write_json
+from summarizer.io import atomic_write_text, write_metrics
 from summarizer.metrics import perplexity
 from summarizer.model import build_model
 from summarizer.model_directory import ModelSettings, RunInfo, write_model_directory
@@ -61,15 +61,12 @@ from summarizer.training import (
     update_after_epoch,
 )
 
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_perplexity",
-    "learning_rate",
-    "samples_per_second",
-    "seconds",
-)
+# plots/train_history.csv: what a rerun reproduces. The epochs' timings go to the timings file.
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_perplexity", "learning_rate")
+# Logged to MLflow after each epoch; a final metric of the same name is logged as overall_<name>.
+EPOCH_METRICS = ("train_loss", "val_loss", "val_perplexity", "learning_rate", "samples_per_second")
+# metrics/timings/train.json (apart from metrics/train.json, as timings move on every run).
+TIMING_KEYS = ("samples_per_second", "target_tokens_per_second", "wall_seconds", "per_epoch")
 # Debug option: once the checkpoint of epoch N is written, every rank sends itself SIGTERM, exactly as if the
 # job were killed there. Tests use it to exercise resume deterministically (a timed kill would be racy).
 STOP_AFTER_EPOCHS_VARIABLE = "SUMMARIZER_STOP_AFTER_EPOCHS"
@@ -90,6 +87,7 @@ class TrainingPaths:
     metrics: Path
     history: Path
     root: Path
+    timings: Path
 
 
 def run_training(params: Params, distribution: Distribution, paths: TrainingPaths) -> dict[str, Any]:
@@ -380,7 +378,7 @@ def _run_epoch(loop: _Loop, state: TrainingState) -> TrainingState:
     # Broadcast: the chief's clock and decisions (LR, stopping) hold on every rank.
     state = distribution.broadcast_object(state)
     if loop.tracker is not None:
-        loop.tracker.log_metrics({name: row[name] for name in HISTORY_COLUMNS[1:6]}, step=state.epoch)
+        loop.tracker.log_metrics({name: row[name] for name in EPOCH_METRICS}, step=state.epoch)
         print(epoch_line(row, config, state), flush=True)
     return state
 
@@ -404,7 +402,10 @@ def _dump_weights(model: keras.Model, distribution: Distribution) -> None:
 def _final_metrics(
     state: TrainingState, model: keras.Model, distribution: Distribution, wall_seconds: float
 ) -> dict[str, Any]:
-    """Throughputs are global (all workers) over the epochs after the first, whose time includes tracing."""
+    """Quality figures and timings (:data:`TIMING_KEYS`), in one mapping.
+
+    Throughputs are global (all workers) over the epochs after the first, whose time includes tracing.
+    """
     history = state.history
     timed = history[1:] or history
     train_seconds = sum(row["train_seconds"] for row in timed)
@@ -418,6 +419,13 @@ def _final_metrics(
         "target_tokens_per_second": sum(row["target_tokens"] for row in timed) / train_seconds,
         "parameter_count": int(model.count_params()),
         "wall_seconds": wall_seconds,
+        "per_epoch": {
+            str(int(row["epoch"])): {
+                "samples_per_second": row["samples_per_second"],
+                "seconds": row["seconds"],
+            }
+            for row in history
+        },
         "workers": distribution.size,
         "stopped_by": state.stopped_by,
         "stop_reason": state.stop_reason,
@@ -441,10 +449,10 @@ def _write_outputs(
         RunInfo(tracker.run_id, params.tracking.experiment, tracker.tracking_uri),
     )
     atomic_write_text(paths.history, history_csv(state.history))
-    write_json(paths.metrics, metrics)
+    write_metrics(metrics, TIMING_KEYS, paths.metrics, paths.timings)
     # Per-epoch names (samples_per_second) get an ``overall_`` prefix: the last epoch's value stays.
     final = {
-        name if name not in HISTORY_COLUMNS else f"overall_{name}": value
+        name if name not in EPOCH_METRICS else f"overall_{name}": value
         for name, value in metrics.items()
         if isinstance(value, int | float)
     }
@@ -463,4 +471,4 @@ def history_csv(history: list[dict[str, float]]) -> str:
     return buffer.getvalue()
 
 
-__all__ = ["HISTORY_COLUMNS", "TrainingPaths", "history_csv", "run_training"]
+__all__ = ["EPOCH_METRICS", "HISTORY_COLUMNS", "TIMING_KEYS", "TrainingPaths", "history_csv", "run_training"]

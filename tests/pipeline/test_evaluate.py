@@ -43,7 +43,7 @@ def test_defaults_match_the_dvc_stage_command() -> None:
     assert words[:3] == ["python", "-m", "pipeline.evaluate"]
     from_dvc = vars(evaluate.build_parser().parse_args(words[3:]))
     assert from_dvc == vars(evaluate.build_parser().parse_args([]))
-    assert {from_dvc["metrics"]} == {next(iter(entry)) for entry in stage["metrics"]}
+    assert {from_dvc["metrics"], from_dvc["timings"]} == {next(iter(entry)) for entry in stage["metrics"]}
     assert {from_dvc["plot"]} == {next(iter(entry)) for entry in stage["plots"]}
     assert stage["outs"] == [from_dvc["predictions"]]
     assert {from_dvc["model_dir"], from_dvc["test"], from_dvc["data_dir"]} <= set(stage["deps"])
@@ -54,7 +54,8 @@ def test_help_lists_every_path_option(capsys: pytest.CaptureFixture) -> None:
         evaluate.main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for option in ("--params", "--model-dir", "--test", "--data-dir", "--metrics", "--predictions", "--plot"):
+    options = ("--params", "--model-dir", "--test", "--data-dir", "--metrics", "--timings", "--predictions")
+    for option in (*options, "--plot"):
         assert option in help_text
 
 
@@ -112,6 +113,8 @@ def test_stage_writes_outputs_and_prints_the_summary(tmp_path: Path) -> None:
         and metrics["lead"]["best_words"] in (4, 6)
     )
     assert len((tmp_path / "reports/predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 10
+    timings = json.loads((tmp_path / "metrics/timings/evaluate.json").read_text(encoding="utf-8"))
+    assert timings["summaries_per_second"] > 0 and "summaries_per_second" not in metrics
     assert (
         (tmp_path / "plots/rouge_by_length.csv")
         .read_text(encoding="utf-8")

@@ -45,7 +45,7 @@ def test_gru_and_lstm_experiments_are_listed_with_their_metrics(tmp_path: Path) 
         assert rows[name]["metrics"]["metrics.json"]["rougeL"] >= 0
         assert rows[name]["metrics"]["metrics.json"]["test_perplexity"] > 1
         assert rows[name]["metrics"]["metrics/train.json"]["parameter_count"] > 0
-        assert rows[name]["metrics"]["metrics/train.json"]["samples_per_second"] > 0
+        assert rows[name]["metrics"]["metrics/timings/train.json"]["samples_per_second"] > 0
     gru_parameters = rows["cell-gru"]["metrics"]["metrics/train.json"]["parameter_count"]
     assert rows["cell-lstm"]["metrics"]["metrics/train.json"]["parameter_count"] > gru_parameters
 

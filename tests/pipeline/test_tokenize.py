@@ -37,6 +37,8 @@ def stage_arguments(tmp_path: Path) -> list[str]:
         str(tmp_path / "data" / "tokenized"),
         "--stats",
         str(tmp_path / "metrics" / "tokenize.json"),
+        "--timings",
+        str(tmp_path / "metrics" / "timings" / "tokenize.json"),
     ]
 
 
@@ -75,6 +77,9 @@ def test_stage_run_as_a_subprocess_writes_model_shards_and_metrics(tmp_path: Pat
     assert metrics["vocab_size"] == Tokenizer.load(out_dir / "spm.model").vocab_size == 200
     assert [metrics[split]["examples"] for split in ("train", "val", "test")] == [160, 30, 30]
     assert metrics["train"]["source_tokens"]["max"] > 48 and metrics["train"]["truncated_sources"] > 0
+    timings = json.loads((tmp_path / "metrics" / "timings" / "tokenize.json").read_text(encoding="utf-8"))
+    assert set(timings) == {"tokenizer_seconds", "encode_seconds", "encode_megabytes_per_second"}
+    assert not set(timings) & set(metrics)  # timings apart: a rerun moves only them
     batches = list(read_dataset(list_shards(out_dir, "val"), 64, shuffle=False))
     assert batches[0]["source_ids"].shape == (30, 48)
 

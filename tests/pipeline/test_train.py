@@ -22,9 +22,10 @@ from tests.workers.launch import horovod_environment
 from tests.workers.tiny_data import tiny_train_params, write_params, write_tokenized
 
 METRIC_KEYS = {
-    "best_val_loss", "final_val_loss", "best_val_perplexity", "epochs", "samples_per_second",
-    "target_tokens_per_second", "parameter_count", "wall_seconds", "workers", "stopped_by", "stop_reason",
+    "best_val_loss", "final_val_loss", "best_val_perplexity", "epochs", "parameter_count", "workers",
+    "stopped_by", "stop_reason",
 }  # fmt: skip
+TIMING_KEYS = {"samples_per_second", "target_tokens_per_second", "wall_seconds", "per_epoch"}
 
 
 def test_arguments_of_dvc_yaml_parse_and_name_the_stage_outputs() -> None:
@@ -33,7 +34,9 @@ def test_arguments_of_dvc_yaml_parse_and_name_the_stage_outputs() -> None:
     arguments = train.build_parser().parse_args(words[words.index("pipeline.train") + 1 :])
     assert str(arguments.out_dir) in stage["outs"]
     assert str(arguments.data_dir) in stage["deps"]
-    assert [str(arguments.metrics)] == [next(iter(entry)) for entry in stage["metrics"]]
+    assert [str(arguments.metrics), str(arguments.timings)] == [
+        next(iter(entry)) for entry in stage["metrics"]
+    ]
     assert [str(arguments.history)] == [next(iter(entry)) for entry in stage["plots"]]
     assert arguments.root is None  # the repository root
     assert "src/summarizer/training.py" in stage["deps"] and "src/summarizer/distribution.py" in stage["deps"]
@@ -44,7 +47,7 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         train.main(["--help"])
     assert exit_info.value.code == 0
     output = capsys.readouterr().out
-    for option in ("--params", "--data-dir", "--out-dir", "--metrics", "--history", "--root"):
+    for option in ("--params", "--data-dir", "--out-dir", "--metrics", "--history", "--timings", "--root"):
         assert option in output
 
 
@@ -90,6 +93,9 @@ def test_one_process_run_with_default_paths_writes_the_best_model_and_metrics(tm
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert set(metrics) == METRIC_KEYS and metrics["workers"] == 1 and metrics["epochs"] == 3
     assert (metrics["stopped_by"], metrics["stop_reason"]) == ("epochs", "completed 3 epochs")
+    timings = json.loads((tmp_path / "metrics/timings/train.json").read_text())
+    assert set(timings) == TIMING_KEYS and sorted(timings["per_epoch"]) == ["1", "2", "3"]
+    assert timings["samples_per_second"] > 0 and timings["per_epoch"]["2"]["seconds"] > 0
     with (tmp_path / "plots/train_history.csv").open() as handle:
         history = list(csv.DictReader(handle))
     assert list(history[0]) == list(runner.HISTORY_COLUMNS) and len(history) == 3

@@ -38,6 +38,7 @@ def train_command(directory: Path, data_dir: Path) -> list[str]:
         "-m", "pipeline.train", "--params", str(directory / "params.yaml"), "--data-dir", str(data_dir),
         "--out-dir", str(directory / "models/summarizer"), "--metrics", str(directory / "metrics/train.json"),
         "--history", str(directory / "plots/train_history.csv"), "--root", str(directory),
+        "--timings", str(directory / "metrics/timings/train.json"),
     ]  # fmt: skip
 
 
