@@ -37,8 +37,8 @@ def measure(launcher: str, directory: Path, tokenized: Path, epochs: int) -> flo
     else:
         command, environment = mpijob.dvc_train_command(params), horovod_environment()
     subprocess.run(command, cwd=directory, env=environment, check=True, capture_output=True, timeout=1200)
-    metrics = json.loads((directory / "metrics/train.json").read_text(encoding="utf-8"))
-    return float(metrics["samples_per_second"])
+    timings = json.loads((directory / "metrics/timings/train.json").read_text(encoding="utf-8"))
+    return float(timings["samples_per_second"])
 
 
 def main(argv: list[str] | None = None) -> None:

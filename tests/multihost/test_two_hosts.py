@@ -194,7 +194,7 @@ def test_two_hosts_train_like_one_host(
     assert one_host.metrics["final_val_loss"] == pytest.approx(two_hosts.metrics["final_val_loss"], rel=1e-5)
     assert re.search(r"\bepoch 2/2\b", one_host.result.stdout)
     throughput = {
-        name: run.metrics["samples_per_second"] for name, run in (("two", two_hosts), ("one", one_host))
+        name: run.timings["samples_per_second"] for name, run in (("two", two_hosts), ("one", one_host))
     }
     print(f"samples/s: two hosts {throughput['two']:.1f}, one host {throughput['one']:.1f}")
 
@@ -282,8 +282,8 @@ def test_mpirun_across_hosts_logs_one_run_and_trains_like_gloo(
     assert len(client.get_metric_history(saved["run_id"], "val_loss")) == EPOCHS
     for mpi_array, gloo_array in zip(run.weights(0), two_host_training.weights(0), strict=True):
         np.testing.assert_allclose(mpi_array, gloo_array, rtol=1e-5, atol=1e-7)
-    mpi_metrics = json.loads((run.directory / "metrics/train.json").read_text(encoding="utf-8"))
+    mpi_timings = json.loads((run.directory / "metrics/timings/train.json").read_text(encoding="utf-8"))
     print(
-        f"samples/s across two hosts: mpirun {mpi_metrics['samples_per_second']:.1f}, "
-        f"horovodrun --gloo {two_host_training.metrics['samples_per_second']:.1f}"
+        f"samples/s across two hosts: mpirun {mpi_timings['samples_per_second']:.1f}, "
+        f"horovodrun --gloo {two_host_training.timings['samples_per_second']:.1f}"
     )

@@ -36,6 +36,10 @@ class StageRun:
     def metrics(self) -> dict:
         return json.loads((self.directory / "metrics/train.json").read_text(encoding="utf-8"))
 
+    @property
+    def timings(self) -> dict:
+        return json.loads((self.directory / "metrics/timings/train.json").read_text(encoding="utf-8"))
+
     def weights(self, rank: int) -> list[np.ndarray]:
         with np.load(self.directory / "weights" / f"weights-rank{rank}.npz") as arrays:
             return [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
@@ -114,7 +118,7 @@ def test_both_mpi_launchers_train_the_same_model(
     ):
         np.testing.assert_allclose(mpirun_array, horovodrun_array, rtol=1e-5, atol=1e-7)
     throughput = {
-        name: stage.metrics["samples_per_second"]
+        name: stage.timings["samples_per_second"]
         for name, stage in (("mpirun", mpirun_training), ("horovodrun --mpi", horovodrun_mpi_training))
     }
     print("samples/s: " + ", ".join(f"{name} {value:.1f}" for name, value in throughput.items()))
