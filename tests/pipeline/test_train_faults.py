@@ -193,13 +193,15 @@ def test_a_tracking_outage_never_stops_training_and_replay_lands_every_epoch(
 def test_kill_9_of_the_whole_stage_then_dvc_repro_resumes_at_the_checkpointed_step(tmp_path: Path) -> None:
     params = tiny_params(workers=2)
     params["train"] |= {"epochs": EPOCHS, "checkpoint_every_minutes": 0.00001}
+    # The uninterrupted run, for the weights, in its own copy: in the same copy its dvc.lock entry and cached
+    # outputs would let the second `dvc repro` check them out ("cached - skipping run") instead of resuming.
+    reference = DvcProject(tmp_path / "reference-repo", params, pairs=900)
+    reference.env |= EVERY_STEP | {runner.DUMP_WEIGHTS_VARIABLE: str(tmp_path / "reference")}
+    reference.dvc("repro", "train")
     project = DvcProject(tmp_path / "repo", params, pairs=900)
-    project.env |= EVERY_STEP | {runner.DUMP_WEIGHTS_VARIABLE: str(tmp_path / "reference")}
-    project.dvc("repro", "train")  # the uninterrupted run, for the weights
-    project.run("rm", "-rf", "mlflow.db", "mlartifacts")
-    project.env[runner.DUMP_WEIGHTS_VARIABLE] = str(tmp_path / "resumed")
+    project.env |= EVERY_STEP | {runner.DUMP_WEIGHTS_VARIABLE: str(tmp_path / "resumed")}
 
-    job = Watched([str(VENV_BIN / "dvc"), "repro", "-f", "train"], project.path, project.env)
+    job = Watched([str(VENV_BIN / "dvc"), "repro", "train"], project.path, project.env)
     reached = int(job.wait_for(CHECKPOINT_LINE).group(1))
     job.kill_all()  # kill -9 of dvc, horovodrun and both ranks at once
     job.finish(timeout=60)
