@@ -12,4 +12,4 @@ printf '\n==> ruff format --check and ruff check\n'
 ruff format --check .
 ruff check .
 printf '\n==> pytest\n'
-exec python -m pytest "$@"
+exec python -m pytest --durations=25 "$@"
