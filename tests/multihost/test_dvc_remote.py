@@ -48,15 +48,6 @@ class RoundTrip:
     logins_before: dict[str, int]  # by host name, before the push
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    reason = hosts.unavailable_reason()
-    if reason:
-        pytest.skip(f"multi-host tests: {reason}")
-    with hosts.two_hosts(tmp_path_factory.mktemp("cluster")) as built:
-        yield built
-
-
 def host_environment(cluster: hosts.Cluster, base: dict[str, str]) -> dict[str, str]:
     """``base`` plus the ssh wrapper (for git) on PATH and the shared MLflow server, never through a proxy."""
     values = {

@@ -77,15 +77,6 @@ class TrainingRun:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    reason = hosts.unavailable_reason()
-    if reason:
-        pytest.skip(f"multi-host tests: {reason}")
-    with hosts.two_hosts(tmp_path_factory.mktemp("cluster")) as built:
-        yield built
-
-
-@pytest.fixture(scope="module")
 def tokenized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tokenized(tmp_path_factory.mktemp("data"))
 
