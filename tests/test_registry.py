@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import mlflow
 import pytest
 
-from summarizer import registry
+from summarizer import metrics, registry
 from summarizer.config import (
     ConfigError,
     EvaluateConfig,
@@ -258,23 +258,34 @@ def test_a_run_below_the_lead_never_becomes_champion_even_without_one(
 
 
 def test_a_champion_measured_on_another_split_is_rescored_on_this_one(
-    tiny: TinyModel, tmp_path: Path
+    tiny: TinyModel, own_summaries: list[tuple[str, str]], tmp_path: Path
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # The champion claims 99 on split A; on this split (the tiny model's real test split) it scores far less.
+    # The champion claims 10 on split A; this split holds its own summaries, so here it really scores ~100.
     registry.register(
-        uri, RegistryConfig(), logged_run(uri, tiny), evaluation(99.0, SPLIT_A, lead=0.0), never_rescore
+        uri, RegistryConfig(), logged_run(uri, tiny), evaluation(10.0, SPLIT_A, lead=0.0), never_rescore
     )
-    examples = read_test_examples(tiny.ingested_dir / "test.jsonl")
-    rescore = champion_rescorer(examples, EVALUATE)
-    on_this_split = round(rescore(tiny.model_dir), 2)
-    assert on_this_split < 98
+    summaries = [summary for _, summary in own_summaries]
+    on_this_split = round(100 * metrics.rouge(summaries, summaries)["rougeL"], 2)
+    assert on_this_split > 60
+    examples = read_test_examples(write_ingested_split(tmp_path / "test.jsonl", own_summaries))
 
-    new = evaluation(on_this_split + 1.0, SPLIT_B, lead=0.0)  # blind, 99 vs this: it would lose
-    decision = registry.register(uri, RegistryConfig(), logged_run(uri, tiny), new, rescore)
-    assert decision.alias == "champion", decision.reason
-    assert f"champion version 1 {on_this_split:.2f} (re-scored on this test split" in decision.reason
-    assert aliases(uri) == {"champion": 2}
+    new = evaluation(50.0, SPLIT_B, lead=0.0)  # compared blindly with the 10 of split A, it would win
+    decision = registry.register(
+        uri, RegistryConfig(), logged_run(uri, tiny), new, champion_rescorer(examples, EVALUATE)
+    )
+    assert decision.alias == "challenger", decision.reason
+    assert (
+        f"does not beat champion version 1 {on_this_split:.2f} (re-scored on this test split"
+        in decision.reason
+    )
+    assert aliases(uri) == {"champion": 1, "challenger": 2}
+
+    better = evaluation(on_this_split + 0.5, SPLIT_B, lead=0.0)
+    decision = registry.register(
+        uri, RegistryConfig(), logged_run(uri, tiny), better, champion_rescorer(examples, EVALUATE)
+    )
+    assert decision.alias == "champion" and aliases(uri) == {"champion": 3, "challenger": 2}
 
 
 def test_a_champion_that_cannot_be_rescored_is_not_compared(tiny: TinyModel, tmp_path: Path) -> None:

@@ -234,7 +234,7 @@ def _champion_score(
             f"(split sha256 {old_split}… vs {evaluation.split_sha256[:12]}…) and could not be re-scored on "
             f"this one ({type(error).__name__}: {first_line}); not compared"
         )
-    return round(score, 2), f"re-scored on this test split (it was measured on split sha256 {old_split}…)"
+    return round(score, 2), f"re-scored on this test split; measured before on split sha256 {old_split}…"
 
 
 def decide(
