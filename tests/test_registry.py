@@ -302,6 +302,43 @@ def test_a_champion_that_cannot_be_rescored_is_not_compared(tiny: TinyModel, tmp
     assert aliases(uri) == {"champion": 1, "challenger": 2}
 
 
+def test_a_champion_decoded_with_other_settings_is_rescored_with_these(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    beam = dataclasses.replace(evaluation(40.0), decoding=registry.decoding_key({"search": "beam"}))
+    registry.register(uri, RegistryConfig(), logged_run(uri, tiny), beam, never_rescore)
+    rescored: list[Path] = []
+
+    def rescore(model_dir: Path) -> float:  # the champion's real model directory, downloaded
+        assert (model_dir / "model.keras").is_file() and (model_dir / "spm.model").is_file()
+        rescored.append(model_dir)
+        return 50.0
+
+    decision = registry.register(uri, RegistryConfig(), logged_run(uri, tiny), evaluation(45.0), rescore)
+    assert len(rescored) == 1 and not rescored[0].exists()  # downloaded into a temporary directory
+    assert (
+        decision.alias == "challenger"
+        and "does not beat champion version 1 50.00 (re-scored" in decision.reason
+    )
+    assert aliases(uri) == {"champion": 1, "challenger": 2}
+
+
+def test_a_disabled_registry_registers_nothing(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = dataclasses.replace(params_for(uri), registry=RegistryConfig(enabled=False))
+    tracker = SpooledTracker(RunTracker(uri), tmp_path)
+    tracker.start("summarizer", "evaluate")
+    decision = register_evaluated_model(tracker, params, {}, [], SPLIT_A, tmp_path)
+    assert decision.to_json() == {
+        "model": "summarizer",
+        "version": None,
+        "alias": None,
+        "reason": "registry.enabled is false in params.yaml",
+    }
+    assert mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
+
+
 # Through an mlflow server, and without one ---------------------------------------------------------------
 
 

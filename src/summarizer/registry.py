@@ -222,19 +222,19 @@ def _champion_score(
     same_decoding = tags.get(TAG_DECODING) == evaluation.decoding
     if same_split and same_decoding and TAG_ROUGE_L in tags:
         return float(tags[TAG_ROUGE_L]), "on the same test split"
-    differs = "test split" if not same_split else "decoding settings"
     old_split = (tags.get(TAG_SPLIT) or "unknown")[:12]
+    before = f"on split sha256 {old_split}…" if not same_split else "with other decoding settings"
     try:
         with tempfile.TemporaryDirectory(prefix="summarizer-champion-") as directory:
             score = rescore(download_model_directory(client, name, champion.version, Path(directory)))
     except RESCORE_ERRORS as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         return None, (
-            f"champion version {champion.version} was measured with other {differs} "
-            f"(split sha256 {old_split}… vs {evaluation.split_sha256[:12]}…) and could not be re-scored on "
-            f"this one ({type(error).__name__}: {first_line}); not compared"
+            f"champion version {champion.version} was measured {before} (this split: sha256 "
+            f"{evaluation.split_sha256[:12]}…) and could not be re-scored here ({type(error).__name__}: "
+            f"{first_line}); not compared"
         )
-    return round(score, 2), f"re-scored on this test split; measured before on split sha256 {old_split}…"
+    return round(score, 2), f"re-scored on this test split with these settings; measured before {before}"
 
 
 def decide(
