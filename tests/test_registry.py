@@ -159,6 +159,12 @@ def test_a_bad_registry_value_fails_naming_its_key(values: dict, message: str) -
         params_from_dict(values)
 
 
+def test_only_settings_that_change_the_summaries_count_as_decoding() -> None:
+    changed = dataclasses.replace(EVALUATE, lead_words=(4,), num_logged_examples=5)
+    assert registry.decoding_key(dataclasses.asdict(changed)) == DECODING
+    assert registry.decoding_key(dataclasses.asdict(dataclasses.replace(EVALUATE, max_length=9))) != DECODING
+
+
 def test_the_decision_keeps_its_metrics_shape_and_reads_as_one_line() -> None:
     decision = registry.Decision("summarizer", 3, "champion", "beats the lead")
     assert decision.to_json() == {

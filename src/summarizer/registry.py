@@ -62,6 +62,7 @@ VERSION_TAGS = (
 )
 PYFUNC_MODEL_DIR_ARTIFACT = "model_dir"  # the artifact summarizer.pyfunc logs the model directory as
 RESCORE_ERRORS = (MlflowException, OSError, ValueError, KeyError)
+NOT_DECODING = ("lead_words", "num_logged_examples")  # evaluate.* keys that leave the summaries alone
 
 Rescorer = Callable[[Path], float]  # a model directory -> its test ROUGE-L (percent) on this split
 
@@ -80,8 +81,10 @@ def split_sha256(path: str | Path) -> str:
 
 
 def decoding_key(decoding: Mapping[str, Any]) -> str:
-    """The decoding settings as one canonical JSON string (tuples as lists), to compare and to tag."""
-    return json.dumps({key: _plain(value) for key, value in decoding.items()}, sort_keys=True)
+    """The settings that change the model's summaries (``evaluate.*`` but the lead and the logging) as one
+    canonical JSON string (tuples as lists), to compare and to tag."""
+    settings = {key: _plain(value) for key, value in decoding.items() if key not in NOT_DECODING}
+    return json.dumps(settings, sort_keys=True)
 
 
 def _plain(value: Any) -> Any:
