@@ -1,9 +1,10 @@
 """DVC stage `evaluate`: decode the test split with the trained summarizer, score it, log to the training run.
 
 Reads  {model-dir} (the train stage's model directory), the ingested test split {test} and its TFRecord shards
-in {data-dir}, and the `evaluate` and `tracking` sections of the params. Writes the metrics JSON, the
-predictions JSONL and the ROUGE-by-length plot CSV, each atomically, and ends the training's MLflow run
-FINISHED with the test metrics, the outputs and the pyfunc model logged to it.
+in {data-dir}, and the `evaluate`, `tracking` and `registry` sections of the params. Writes the metrics JSON,
+the predictions JSONL and the ROUGE-by-length plot CSV, each atomically, and ends the training's MLflow run
+FINISHED with the test metrics, the outputs and the pyfunc model logged to it; registers that model in the
+MLflow Model Registry (the `registry` section) and prints where its alias went.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pipeline import stage
 from summarizer import tracking
 from summarizer.config import Params
 from summarizer.evaluation import run_evaluation, summary_text
+from summarizer.registry import REGISTRY_KEY, decision_line
 from summarizer.reproducibility import make_deterministic
 
 PROGRAM = "evaluate"
@@ -56,6 +58,7 @@ def run(arguments: argparse.Namespace, params: Params) -> None:
         timings_path=arguments.timings,
     )
     print(summary_text(values))
+    print(decision_line(values[REGISTRY_KEY]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 
 AUTO_VOCAB_SIZE = 8000  # tokenize.vocab_size: auto asks for this many pieces, fewer if the corpus is small
+# registry.model_name: MLflow forbids '/' and ':'; '@' would break `models:/<name>@<alias>` URIs.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 class ConfigError(ValueError):
@@ -277,12 +279,29 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """The MLflow Model Registry: the evaluate stage registers each evaluated model under ``model_name``."""
+
+    enabled: bool = True
+    model_name: str = "summarizer"
+
+    def validate(self, key: str) -> None:
+        _check(
+            MODEL_NAME_PATTERN.fullmatch(self.model_name) is not None,
+            f"{key}.model_name",
+            "expected 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            f"(it goes into models:/<name>@champion URIs), got {self.model_name!r}",
+        )
+
+
+@dataclass(frozen=True)
 class Params:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def validate(self) -> None:
         for section in dataclasses.fields(self):
@@ -433,6 +452,7 @@ __all__ = [
     "HorovodConfig",
     "IngestConfig",
     "Params",
+    "RegistryConfig",
     "SplitConfig",
     "TokenizeConfig",
     "TrackingConfig",

@@ -10,7 +10,12 @@ Outputs (every ROUGE figure is an F1 in percent, rounded to 2 decimals):
      "beats_lead_rougeL": 4.2,              # model rougeL - best lead rougeL, in points (negative: lead wins)
      "test_perplexity": 12.3, "test_tokens": 5120,   # teacher-forced, over the TFRecord test shards
      "test_examples": 500,
-     "search": "beam", "beam_width": 4, "batch_size": 128}
+     "search": "beam", "beam_width": 4, "batch_size": 128,
+     "registry": {"model": "summarizer", "version": 3, "alias": "champion", "reason": "..."}}
+
+``registry`` is :class:`summarizer.registry.Decision` (``version`` and ``alias`` null when nothing was
+registered): the run's pyfunc model registered as a new version, and the alias it got (see
+:mod:`summarizer.registry`); a tracking outage never fails the stage, the reason then says what to run.
 
 ``metrics/timings/evaluate.json`` (apart, as timings move on every run; :data:`TIMING_KEYS`)::
 
@@ -23,7 +28,8 @@ count of a bucket), mean ``rouge_l`` and ``lead_rouge_l``, ``count``.
 
 Everything is logged to the training run (``run.json`` in the model directory), which ends FINISHED (FAILED if
 this stage fails): numeric metrics flattened with a ``test_`` prefix (``test_rouge1``, ``test_lead_rougeL``),
-the scorer and decoding settings, the output files, example summaries and the pyfunc model.
+the scorer and decoding settings, the output files, example summaries and the pyfunc model; then the
+registry decision as ``summarizer.registry.*`` tags, the split's sha256 as ``summarizer.test_split_sha256``.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from summarizer import metrics, tracking
+from summarizer import metrics, registry, tracking
 from summarizer.config import EvaluateConfig, Params
 from summarizer.inference import SummarizerPipeline
 from summarizer.ingested import read_pairs
@@ -46,7 +52,7 @@ from summarizer.io import atomic_write_text, jsonl_text, write_metrics
 from summarizer.losses import negative_log_likelihood
 from summarizer.model_directory import RunInfo, read_run_info
 from summarizer.records import list_shards, read_dataset
-from summarizer.spool import SpooledTracker
+from summarizer.spool import ATTEMPT_LIMITS, SpooledTracker, is_outage
 from summarizer.text import first_words
 
 logger = logging.getLogger(__name__)
@@ -59,6 +65,7 @@ MAX_BUCKETS = 10
 METRIC_PREFIX = "test_"
 ARTIFACT_DIRECTORY = "evaluation"
 EXAMPLE_TEXT_CHARACTERS = 600  # texts longer than this are cut in the logged examples
+TEST_SPLIT_TAG = "summarizer.test_split_sha256"  # run tag: sha256 of the test split's bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,14 +390,75 @@ def run_evaluation(
     try:
         with tracking.tracked_run(tracker, info.experiment, "evaluate", tags, run_id=info.run_id):
             values, records, rows = evaluate_model(pipeline, examples, data_dir, params.evaluate)
-            write_metrics(values, TIMING_KEYS, metrics_path, timings_path)
             atomic_write_text(predictions_path, jsonl_text(records))
             atomic_write_text(plot_path, plot_csv(rows))
-            outputs = [Path(metrics_path), Path(timings_path), Path(predictions_path), Path(plot_path)]
-            _log_evaluation(tracker, values, records, outputs, params, model_dir)
+            _log_evaluation(
+                tracker, values, records, [Path(predictions_path), Path(plot_path)], params, model_dir
+            )
+            split_hash = registry.split_sha256(test_jsonl)
+            decision = register_evaluated_model(tracker, params, values, examples, split_hash, Path(root))
+            values = {**values, registry.REGISTRY_KEY: decision.to_json()}
+            write_metrics(values, TIMING_KEYS, metrics_path, timings_path)
+            for path in (metrics_path, timings_path):
+                tracker.log_artifact(path, ARTIFACT_DIRECTORY)
+            tracker.set_tags({**decision.run_tags(), TEST_SPLIT_TAG: split_hash})
     finally:
         tracker.report_pending("evaluate")
     return values
+
+
+def champion_rescorer(examples: Sequence[EvaluationExample], decoding: EvaluateConfig) -> registry.Rescorer:
+    """Scores another model directory on these examples with these decoding settings (ROUGE-L, %)."""
+
+    def rescore(model_dir: Path) -> float:
+        predictions = SummarizerPipeline.load(model_dir, decoding).summarize(
+            [example.text for example in examples], decoding.batch_size
+        )
+        return percent(metrics.rouge(predictions, [example.summary for example in examples])["rougeL"])
+
+    return rescore
+
+
+def register_evaluated_model(
+    tracker: SpooledTracker,
+    params: Params,
+    values: Mapping[str, Any],
+    examples: Sequence[EvaluationExample],
+    split_hash: str,
+    root: Path,
+) -> registry.Decision:
+    """Register the run's pyfunc model and decide its alias; never fails the stage for a tracking outage."""
+    config = params.registry
+    if not config.enabled:
+        return registry.not_registered(config, "registry.enabled is false in params.yaml")
+    replay_hint = (
+        "once it answers, run `summarizer-replay`, then `dvc repro --force evaluate` to register the model"
+    )
+    if tracker.pending:
+        return registry.not_registered(
+            config, f"the MLflow store {tracker.tracking_uri} did not answer (records spooled); {replay_hint}"
+        )
+    commit = tracking.default_tags(root).get("mlflow.source.git.commit")
+    evaluation = registry.Evaluation.from_metrics(
+        values, split_hash, dataclasses.asdict(params.evaluate), commit
+    )
+    try:
+        with tracking.environment(ATTEMPT_LIMITS):
+            return registry.register(
+                tracker.tracking_uri,
+                config,
+                tracker.run_id,
+                evaluation,
+                champion_rescorer(examples, params.evaluate),
+            )
+    except tracking.STORE_ERRORS as error:
+        if not is_outage(error):
+            raise
+        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        return registry.not_registered(
+            config,
+            f"the MLflow store {tracker.tracking_uri} failed while registering ({first_line}); {replay_hint}",
+        )
 
 
 __all__ = [
@@ -399,6 +467,8 @@ __all__ = [
     "EvaluationExample",
     "bucket_width",
     "build_metrics",
+    "champion_rescorer",
+    "register_evaluated_model",
     "decode_timed",
     "evaluate_model",
     "examples_markdown",

@@ -120,8 +120,22 @@ def test_stage_writes_outputs_and_prints_the_summary(tmp_path: Path) -> None:
         .read_text(encoding="utf-8")
         .startswith("source_words,rouge_l,lead_rouge_l,count\n")
     )
-    last_line = completed.stdout.strip().splitlines()[-1]
-    assert last_line.startswith(f"test ROUGE-1/2/L {metrics['rouge1']:.2f}/{metrics['rouge2']:.2f}/")
-    assert f"perplexity {metrics['test_perplexity']:.2f}" in last_line
-    run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    summary_line, registry_line = completed.stdout.strip().splitlines()[-2:]
+    assert summary_line.startswith(f"test ROUGE-1/2/L {metrics['rouge1']:.2f}/{metrics['rouge2']:.2f}/")
+    assert f"perplexity {metrics['test_perplexity']:.2f}" in summary_line
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["test_rouge1"] == metrics["rouge1"]
+    # The untrained model does not beat the lead: registered, but only as challenger.
+    reason = metrics["registry"]["reason"]
+    assert metrics["registry"] == {
+        "model": "summarizer",
+        "version": 1,
+        "alias": "challenger",
+        "reason": reason,
+    }
+    assert registry_line == f"registry: summarizer version 1 is challenger (models:/summarizer/1): {reason}"
+    assert "does not beat the lead" in reason
+    assert mlflow.MlflowClient(uri, registry_uri=uri).get_registered_model("summarizer").aliases == {
+        "challenger": 1
+    }
