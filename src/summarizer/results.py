@@ -55,9 +55,7 @@ def _read(root: Path, relative: Path, required: bool) -> dict[str, Any] | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ResultsError(
-            f"{path}: not JSON (line {error.lineno}: {error.msg}); run `dvc repro`"
-        ) from None
+        raise ResultsError(f"{path}: not JSON (line {error.lineno}: {error.msg}); run `dvc repro`") from None
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
