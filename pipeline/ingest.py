@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--raw-dir", default="data/raw", help="where the raw snapshot and SOURCE.json go")
     parser.add_argument("--out-dir", default="data/ingested", help="where {train,val,test}.jsonl go")
-    parser.add_argument("--stats", default="metrics/ingest.json", help="stats JSON, a DVC metrics file")
+    parser.add_argument("--stats", default="metrics/ingest.json", help="data statistics JSON to write")
     return parser
 
 

@@ -15,10 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from summarizer import quiet
 from summarizer.config import ConfigError, Params, load_params
 
 CONFIG_ERROR = 2
 INPUT_ERROR = 1
+
+# Before the stage module imports TensorFlow and MLflow (which read their log levels as they load): every
+# entry point imports this module first. --verbose is read from argv here, and parsed again below.
+quiet.configure(quiet.verbose_requested(sys.argv[1:]))
 
 
 def build_parser(program: str, description: str) -> argparse.ArgumentParser:
@@ -29,6 +34,7 @@ def build_parser(program: str, description: str) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument(quiet.VERBOSE_FLAG, action="store_true", help=quiet.VERBOSE_HELP)
     return parser
 
 

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="data/tokenized",
         help="output directory (replaced): spm.model, spm.vocab, shards",
     )
-    parser.add_argument("--stats", default="metrics/tokenize.json", help="metrics JSON to write")
+    parser.add_argument("--stats", default="metrics/tokenize.json", help="data statistics JSON to write")
     parser.add_argument(
         "--timings", default="metrics/timings/tokenize.json", help="timings JSON to write (seconds, MB/s)"
     )

@@ -239,3 +239,29 @@ def test_compare_console_script_runs(runs_store: str) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[1].split(",")[1] == "lstm-float32-2w"
+
+
+def test_summarize_prints_only_summaries_unless_verbose(tiny: TinyModel) -> None:
+    """oneDNN forced on: its load-time lines and its ERROR-level `DT_BOOL` line (decoding) print here too."""
+    environment = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "SUMMARIZER_VERBOSE", "MLFLOW_LOGGING_LEVEL"):
+        environment.pop(name, None)
+
+    def summarize(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(VENV_BIN / "summarize"), "--model-dir", str(tiny.model_dir), *GREEDY_OPTIONS, *extra],
+            input="a tool for reading mail with many options and a small window\n",
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=600,
+            check=False,
+        )
+
+    quiet, verbose = summarize(), summarize("--verbose")
+
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert quiet.stderr == "" and len(quiet.stdout.splitlines()) == 1
+    assert verbose.stdout == quiet.stdout
+    for noise in ("oneDNN custom operations are on", "cpu_feature_guard.cc", "absl::InitializeLog()"):
+        assert noise in verbose.stderr, f"--verbose should show {noise!r}:\n{verbose.stderr}"

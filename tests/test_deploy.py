@@ -290,7 +290,7 @@ def test_mpijob_runs_the_train_stage_command_of_dvc_yaml() -> None:
     command = launcher_command(manifest())
     stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["train"]["cmd"]
     stage_tokens = shlex.split(stage)
-    assert command[command.index("python") :] == stage_tokens[stage_tokens.index("python") :]
+    assert command[command.index("python") :] == stage_tokens[stage_tokens.index("pipeline.train") - 2 :]
     assert command[command.index("python") :][:3] == ["python", "-m", "pipeline.train"]
     horovod = load_params(REPO_ROOT / "params.yaml").train.horovod
     variables = exported(command)

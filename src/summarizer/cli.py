@@ -1,5 +1,10 @@
 """Console scripts: ``summarize`` (new texts), ``summarizer-compare`` (runs), ``summarizer-replay`` and
-``summarizer`` (subcommands: ``doctor``, in :mod:`summarizer.doctor`)."""
+``summarizer`` (subcommands: ``doctor``, in :mod:`summarizer.doctor`; ``results``, in
+:mod:`summarizer.results`).
+
+``summarize`` and ``summarizer`` take ``--verbose``; without it :func:`summarizer.quiet.configure` silences
+the libraries' start-up lines before TensorFlow is imported (the imports that load it are lazy).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Any, TextIO
 
 from mlflow.exceptions import MlflowException
 
+from summarizer import quiet
 from summarizer.config import ConfigError, EvaluateConfig, Params, TrackingConfig, load_params
 from summarizer.progress import format_duration
 from summarizer.tracking import (
@@ -75,6 +81,7 @@ def summarize_parser() -> argparse.ArgumentParser:
         "--no-repeat-ngram-size", type=int, default=None, help="ban repeated n-grams (0: off)"
     )
     decoding.add_argument("--batch-size", type=int, default=None, help="texts decoded together")
+    parser.add_argument(quiet.VERBOSE_FLAG, action="store_true", help=quiet.VERBOSE_HELP)
     return parser
 
 
@@ -131,6 +138,7 @@ def summarize_main(
     """The ``summarize`` console script; returns the exit status (2: usage or settings, 1: input or model)."""
     parser = summarize_parser()
     arguments = parser.parse_args(argv)
+    quiet.configure(arguments.verbose or quiet.verbose_requested(()))
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:
         settings = decoding_settings(arguments)
@@ -314,9 +322,10 @@ def compare_main(argv: Sequence[str] | None = None, stdout: TextIO | None = None
 
 
 def summarizer_parser() -> argparse.ArgumentParser:
-    from summarizer import doctor  # light: it imports TensorFlow and Horovod only when it runs
+    from summarizer import doctor, results  # light: doctor imports TensorFlow and Horovod only when it runs
 
     parser = argparse.ArgumentParser(prog="summarizer", description="The summarizer project's commands.")
+    parser.add_argument(quiet.VERBOSE_FLAG, action="store_true", help=quiet.VERBOSE_HELP)
     commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     doctor.configure_parser(
         commands.add_parser(
@@ -325,12 +334,21 @@ def summarizer_parser() -> argparse.ArgumentParser:
             description=doctor.DESCRIPTION,
         )
     )
+    results.configure_parser(
+        commands.add_parser(
+            "results",
+            help="the last pipeline run at a glance: ROUGE and perplexity vs the best lead, epochs, "
+            "samples/s, stage times, the registry decision",
+            description=results.DESCRIPTION,
+        )
+    )
     return parser
 
 
 def summarizer_main(argv: Sequence[str] | None = None) -> int:
     """The ``summarizer`` console script: ``summarizer COMMAND [options]``; returns the exit status."""
     arguments = summarizer_parser().parse_args(argv)
+    quiet.configure(arguments.verbose or quiet.verbose_requested(()))
     return arguments.handler(arguments)
 
 

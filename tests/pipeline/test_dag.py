@@ -8,9 +8,23 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from summarizer.cli import summarizer_main
 from tests.pipeline.dvc_project import DvcProject, tiny_params
 
 pytestmark = pytest.mark.slow
+
+# Library lines each stage (and the horovodrun launcher and ranks) printed before summarizer.quiet, in a shell
+# without TF_CPP_MIN_LOG_LEVEL; oneDNN's own lines are checked in tests/pipeline/test_tokenize.py.
+STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "cpu_feature_guard.cc",
+    "tf_record_dataset_op.cc",
+    "Creating initial MLflow database tables",
+    "Validating input example against model signature",
+    "Downloading artifacts",
+    "Using default tokenizer.",
+)
+DATA_STATISTICS = ("metrics/ingest.json", "metrics/tokenize.json")
 
 
 def test_dvc_repro_tokenize_builds_shards_and_second_run_does_nothing(tmp_path: Path) -> None:
@@ -34,10 +48,18 @@ def test_dvc_repro_tokenize_builds_shards_and_second_run_does_nothing(tmp_path: 
     assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout
 
 
-def test_dvc_repro_whole_dag_with_two_workers_logs_one_mlflow_run(tmp_path: Path) -> None:
+def test_dvc_repro_whole_dag_with_two_workers_logs_one_mlflow_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     project = DvcProject(tmp_path / "repo", tiny_params(workers=2))
+    project.env.pop("TF_CPP_MIN_LOG_LEVEL")  # as a new user's shell: no library log settings
+    project.env.pop("SUMMARIZER_VERBOSE", None)
 
-    project.dvc("repro")
+    repro = project.dvc("repro")
+
+    output = repro.stdout + repro.stderr
+    assert [noise for noise in STARTUP_NOISE if noise in output] == [], output
+    assert "[0]<stdout>:training stopped: completed 2 epochs" in output  # our own lines still print
 
     for output in (
         "data/raw",
@@ -73,3 +95,20 @@ def test_dvc_repro_whole_dag_with_two_workers_logs_one_mlflow_run(tmp_path: Path
     second = project.dvc("repro")
     assert "Running stage" not in second.stdout
     assert "Data and pipelines are up to date" in second.stdout
+
+    # Data statistics are DVC-tracked files of their own, not metrics: shown only when named.
+    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)[""]["data"]
+    assert "metrics.json" in shown and "metrics/train.json" in shown
+    assert not set(DATA_STATISTICS) & set(shown), sorted(shown)
+    statistics = json.loads(project.dvc("metrics", "show", "--json", *DATA_STATISTICS).stdout)[""]["data"]
+    assert statistics["metrics/ingest.json"]["data"]["input_records"] == 300
+    assert "Data and pipelines are up to date" in project.dvc("status").stdout  # cache: false outs hold
+
+    # The end-of-run table on what the stages wrote.
+    capsys.readouterr()
+    assert summarizer_main(["results", "--root", str(project.path)]) == 0
+    table = capsys.readouterr().out
+    assert f"ROUGE-L     {metrics['rougeL']:5.2f}" in table, table
+    assert f"best lead (first {metrics['lead']['best_words']} words)" in table
+    assert "training  2 epochs on 2 workers" in table and "stopped: completed 2 epochs" in table
+    assert "time      tokenize" in table and "train" in table and "evaluate" in table

@@ -139,3 +139,42 @@ def test_help_describes_every_option(capsys: pytest.CaptureFixture) -> None:
     help_text = capsys.readouterr().out
     for option in ("--params", "--in-dir", "--out-dir", "--stats", "data/ingested", "metrics/tokenize.json"):
         assert option in help_text
+
+
+# The libraries' start-up lines (see summarizer.quiet), as a new user's shell shows them. oneDNN is forced on
+# so that its port.cc line prints on CPUs without AVX-512 too (it is on by default on CPUs with AVX-512).
+STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "cpu_feature_guard.cc",
+)
+
+
+def new_user_environment() -> dict[str, str]:
+    environment = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "SUMMARIZER_VERBOSE", "MLFLOW_LOGGING_LEVEL"):
+        environment.pop(name, None)
+    return environment
+
+
+def test_stage_prints_no_library_startup_lines_unless_verbose(tmp_path: Path) -> None:
+    write_ingested(tmp_path / "ingested")
+    write_params(tmp_path / "params.yaml", TINY_PARAMS)
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.tokenize", *stage_arguments(tmp_path), *extra],
+            cwd=REPO_ROOT,
+            env=new_user_environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    quiet, verbose = run(), run("--verbose")
+
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert [line for line in quiet.stderr.splitlines() if not line.startswith("tokenize: ")] == []
+    assert "tokenize: written" in quiet.stderr and "tokenize: written" in verbose.stderr
+    for noise in STARTUP_NOISE:
+        assert noise in verbose.stderr, f"--verbose should show {noise!r}:\n{verbose.stderr}"

@@ -106,6 +106,10 @@ def lay_out_run_directory(directory: Path, tokenized: Path, epochs: int, workers
     return params
 
 
+# dvc.yaml launches horovodrun through summarizer.quiet (its own TensorFlow import, quiet; see that module).
+QUIET_LAUNCHER = ["python", "-m", "summarizer.quiet"]
+
+
 def dvc_train_command(params: dict, controller: str = "--gloo") -> list[str]:
     """dvc.yaml's train command, interpolated with ``params`` as DVC does; ``--mpi`` replaces ``--gloo``."""
     template = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["train"]["cmd"]
@@ -117,6 +121,8 @@ def dvc_train_command(params: dict, controller: str = "--gloo") -> list[str]:
         return str(node)
 
     command = shlex.split(re.sub(r"\$\{([\w.]+)\}", value, template))
+    launcher = QUIET_LAUNCHER if command[: len(QUIET_LAUNCHER)] == QUIET_LAUNCHER else []
+    command = command[len(launcher) :]
     if command[:2] != ["horovodrun", "--gloo"]:
         raise ValueError(f"dvc.yaml's train command no longer starts with horovodrun --gloo: {command}")
-    return ["horovodrun", controller, *command[2:]]
+    return [*launcher, "horovodrun", controller, *command[2:]]
