@@ -422,12 +422,14 @@ def _start_system_metrics(run_id: str, tracking_uri: str, resume: bool) -> Any:
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(
-            run_id,
-            sampling_interval=SYSTEM_METRICS_INTERVAL_SECONDS,
-            resume_logging=resume,
-            tracking_uri=tracking_uri,
-        )
+        # resume_logging reads the run's last step: one short attempt, never MLflow's minutes of retries.
+        with environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}):
+            monitor = SystemMetricsMonitor(
+                run_id,
+                sampling_interval=SYSTEM_METRICS_INTERVAL_SECONDS,
+                resume_logging=resume,
+                tracking_uri=tracking_uri,
+            )
         monitor.start()
     except (*STORE_ERRORS, ImportError, RuntimeError) as error:
         logger.warning("system metrics of run %s not logged: %s", run_id, error)
