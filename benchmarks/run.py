@@ -3,7 +3,8 @@
 Usage: python -m benchmarks.run [--quick] [--only GROUP ...] [--out benchmarks/results] [--params params.yaml]
        python -m benchmarks.run --table      (print the table of the results file, measure nothing)
 
-Groups: training, decoding, scaling, checkpointing, precision, determinism, parameters, tokenize. Each
+Groups: training, decoding, scaling, checkpointing, precision, determinism, parameters, tokenize, serving
+(skipped, with a message, when --model-dir has no model). Each
 figure is stored under its own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``);
 ``--only`` re-measures some groups and keeps the other figures of an existing results file.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, decoding_speed, determinism, scaling, tokenize_speed, training_speed
+from benchmarks import common, decoding_speed, determinism, scaling, serving, tokenize_speed, training_speed
 from benchmarks.classic import ClassicConfig, build_classic
 from benchmarks.common import Shapes, figure
 from benchmarks.training_speed import Timing
@@ -42,6 +43,7 @@ GROUPS = (
     "determinism",
     "parameters",
     "tokenize",
+    "serving",
 )
 SEED = 1234
 CHILD_FLAG = "--in-process"
@@ -506,6 +508,31 @@ def _tokenize_details(result: dict[str, Any]) -> dict[str, Any]:
     return {name: round(result[name], 3) for name in names}
 
 
+def run_serving(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """``POST /invocations`` latency, one text and a batch of 64, against ``mlflow models serve``."""
+    model_dir = options.model_dir
+    if not (model_dir / "model.keras").is_file():
+        print(
+            f"benchmarks: serving skipped: {model_dir} holds no trained model (--model-dir)", file=sys.stderr
+        )
+        return {}
+    test_split = REPO_ROOT / "data" / "ingested" / "test.jsonl"
+    texts = serving.benchmark_texts(test_split, serving.BATCH_SIZE)
+    result = serving.measure_serving(model_dir, texts, repetitions=2 if plan.quick else 10)
+    details = {"model_dir": str(model_dir), "load_average_1min_before": round(os.getloadavg()[0], 2)}
+    return {
+        "serving_one_text_milliseconds": figure(
+            result["one_text_median_milliseconds"],
+            "ms",
+            repetitions=result["one_text_milliseconds"],
+            **details,
+        ),
+        "serving_batch64_milliseconds": figure(
+            result["batch_median_milliseconds"], "ms", repetitions=result["batch_milliseconds"], **details
+        ),
+    }
+
+
 RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
     "training": run_training,
     "decoding": run_decoding,
@@ -515,6 +542,7 @@ RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
     "determinism": run_determinism,
     "parameters": run_parameters,
     "tokenize": run_tokenize,
+    "serving": run_serving,
 }
 
 
@@ -607,6 +635,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="an ingested directory for the tokenize group "
         "(default: data/ingested, else the ingest stage is run into a temporary directory)",
     )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=REPO_ROOT / "models" / "summarizer",
+        help="the trained model directory the serving group serves (skipped if it holds no model)",
+    )
     return parser.parse_args(argv)
 
 
@@ -663,6 +697,7 @@ def measure_group_in_child(group: str, options: argparse.Namespace) -> int:
     command += ["--params", str(options.params)] + (["--quick"] if options.quick else [])
     if options.corpus is not None:
         command += ["--corpus", str(options.corpus)]
+    command += ["--model-dir", str(options.model_dir)]
     return subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
 
 

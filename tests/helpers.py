@@ -181,3 +181,36 @@ def write_pinned(directory: Path, text: str, **manifest_overrides: object) -> Pa
 def shell_assignments(path: Path) -> dict[str, str]:
     """Top-level ``NAME=value`` lines of a shell script."""
     return dict(re.findall(r"^([A-Z_]+)=(\S+)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE))
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredModel:
+    """A tiny pyfunc model logged (from code) into a run of ``uri`` and registered with an alias."""
+
+    uri: str  # the sqlite tracking and registry store
+    run_id: str
+    model_id: str
+    name: str
+    version: str
+
+
+def register_tiny_model(
+    uri: str, model_dir: Path, decoding: dict, name: str = "summarizer", alias: str = "champion"
+) -> RegisteredModel:
+    """Log ``model_dir`` as the pyfunc model in a new FINISHED run, register it as ``name`` with ``alias``."""
+    import mlflow
+
+    from summarizer.pyfunc import log_pyfunc_model_info
+
+    tracker = RunTracker(uri)
+    run_id = tracker.start("summarizer", "registry-test")
+    info = log_pyfunc_model_info(tracker, model_dir, decoding, example_texts=["a tool for mail"])
+    tracker.end("FINISHED")
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # register_model resolves runs:/ through the global URI
+    try:
+        version = str(mlflow.register_model(f"runs:/{run_id}/summarizer", name).version)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(name, alias, version)
+    return RegisteredModel(uri, run_id, info.model_id, name, version)

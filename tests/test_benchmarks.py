@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import classic, decoding_speed, run, scaling, tokenize_speed
+from benchmarks import classic, decoding_speed, run, scaling, serving, tokenize_speed
 from benchmarks.common import Shapes, figure, synthetic_batch, target_tokens
 from summarizer.config import EvaluateConfig, TrainConfig
 from summarizer.model import build_model
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
 from tests.conftest import REPO_ROOT
+from tests.helpers import build_model_directory, write_ingested_split
 
 TINY_SHAPES = Shapes(vocab_size=50, source_length=10, target_length=6, batch_size=5)
 
@@ -144,7 +145,17 @@ def test_quick_plan_keeps_the_product_configurations() -> None:
 def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        # No model to serve: the serving group skips (tested apart, on a tiny model).
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--model-dir",
+            str(tmp_path),
+        ],
         cwd=REPO_ROOT,
         env=environment,
         capture_output=True,
@@ -186,6 +197,43 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     )
     assert run.main(["--quick", "--out", str(tmp_path), "--table"]) == 0
     assert "| scaling_efficiency |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_serving_group_times_a_real_model_server(tmp_path: Path) -> None:
+    tiny = build_model_directory(tmp_path / "tiny")
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "serving", "--out", str(tmp_path)]
+    result = subprocess.run(
+        [*command, "--model-dir", str(tiny.model_dir)],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = json.loads((tmp_path / "results-quick.json").read_text(encoding="utf-8"))
+    assert results["groups"]["serving"]["figures"] == [
+        "serving_one_text_milliseconds",
+        "serving_batch64_milliseconds",
+    ]
+    for key in results["groups"]["serving"]["figures"]:
+        assert results[key]["value"] > 0 and len(results[key]["repetitions"]) == 2, key
+    assert "| serving_batch64_milliseconds |" in result.stdout
+
+
+def test_serving_group_skips_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    plan = run.quick_plan(run.load_params(REPO_ROOT / "params.yaml"))
+    options = run.parse_arguments(["--model-dir", str(tmp_path)])
+    assert run.run_serving(plan, options) == {}
+    assert f"serving skipped: {tmp_path} holds no trained model" in capsys.readouterr().err
+
+
+def test_serving_texts_come_from_the_test_split_else_the_fallback(tmp_path: Path) -> None:
+    split = write_ingested_split(tmp_path / "test.jsonl", [("first text here", "a"), ("second text", "b")])
+    assert serving.benchmark_texts(split, 3) == ["first text here", "second text", "first text here"]
+    assert serving.benchmark_texts(tmp_path / "absent.jsonl", 4)[3] == serving.FALLBACK_TEXTS[0]
 
 
 def test_table_without_results_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

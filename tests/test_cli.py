@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +18,7 @@ import pytest
 from summarizer.cli import compare_main, read_texts, summarize_main
 from summarizer.pyfunc import log_pyfunc_model
 from summarizer.tracking import RunTracker
-from tests.helpers import GREEDY, TinyModel, build_model_directory
+from tests.helpers import GREEDY, RegisteredModel, TinyModel, build_model_directory, register_tiny_model
 
 VENV_BIN = Path(sys.executable).parent
 GREEDY_OPTIONS = [
@@ -38,10 +40,22 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return build_model_directory(tmp_path_factory.mktemp("tiny"))
 
 
-def run_script(name: str, *arguments: str, stdin: str = "") -> subprocess.CompletedProcess:
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+@pytest.fixture(scope="module")
+def registered(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> RegisteredModel:
+    """The tiny model as version 1 of ``summarizer``, alias ``champion``, logged with greedy decoding."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+    return register_tiny_model(uri, tiny.model_dir, GREEDY)
+
+
+def run_script(
+    name: str, *arguments: str, stdin: str = "", cwd: Path | None = None, **variables: str
+) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **variables}
+    if variables.get("MLFLOW_TRACKING_URI") == "":  # unset: the URI comes from the params
+        environment.pop("MLFLOW_TRACKING_URI")
     return subprocess.run(
         [str(VENV_BIN / name), *arguments],
+        cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,
@@ -131,6 +145,87 @@ def test_summarize_command_and_pyfunc_model_give_the_same_summaries(tiny: TinyMo
     assert by_line.stdout.splitlines() == expected
     assert by_file.stdout.splitlines() == expected[:1]  # line breaks are paragraph breaks, as in ingest
     assert from_stdin.stdout.splitlines() == expected[1:2]
+
+
+def test_summarize_help_says_where_model_uris_are_looked_up() -> None:
+    completed = run_script("summarize", "--help", COLUMNS="200")
+    assert completed.returncode == 0
+    for words in ("models:/summarizer@champion", "models:/summarizer/3", "runs:/", "MLFLOW_TRACKING_URI"):
+        assert words in completed.stdout
+    assert "tracking.tracking_uri of --params" in completed.stdout
+
+
+@pytest.mark.slow
+def test_summarize_model_uris_give_the_summaries_of_the_model_directory(
+    tiny: TinyModel, registered: RegisteredModel, tmp_path: Path
+) -> None:
+    texts = [text for text, _ in tiny.test_pairs()[:4]]
+    lines = tmp_path / "texts.txt"
+    lines.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    from_directory = run_script(
+        "summarize", "--model", str(tiny.model_dir), *GREEDY_OPTIONS, "--one-per-line", str(lines)
+    )
+    assert from_directory.returncode == 0, from_directory.stderr[-2000:]
+    # The alias, through MLFLOW_TRACKING_URI; decoding as the model was logged (GREEDY), no options.
+    by_alias = run_script(
+        "summarize", "--model", "models:/summarizer@champion", "--one-per-line", str(lines),
+        MLFLOW_TRACKING_URI=registered.uri,
+    )  # fmt: skip
+    # A version and a run, through tracking.tracking_uri of ./params.yaml (no MLFLOW_TRACKING_URI).
+    (tmp_path / "params.yaml").write_text(f"tracking:\n  tracking_uri: {registered.uri}\n", encoding="utf-8")
+    by_version = run_script(
+        "summarize", "--model", f"models:/summarizer/{registered.version}", "--one-per-line", str(lines),
+        cwd=tmp_path, MLFLOW_TRACKING_URI="",
+    )  # fmt: skip
+    by_run = run_script(
+        "summarize", "--model", f"runs:/{registered.run_id}/summarizer", *GREEDY_OPTIONS, "--one-per-line",
+        str(lines),
+        cwd=tmp_path, MLFLOW_TRACKING_URI="",
+    )  # fmt: skip
+    for completed in (by_alias, by_version, by_run):
+        assert completed.returncode == 0, completed.stderr[-2000:]
+    assert by_alias.stdout == by_version.stdout == by_run.stdout == from_directory.stdout
+    assert len(from_directory.stdout.splitlines()) == len(texts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "named"),
+    [
+        ("models:/summarizer@nosuch", "nosuch"),
+        ("models:/summarizer/7", "7"),
+        ("models:/absent@champion", "absent"),
+    ],
+)
+def test_summarize_unknown_alias_or_version_is_named_without_traceback(
+    registered: RegisteredModel,
+    model: str,
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.uri)
+    status = summarize_main(["--model", model], stdin=io.StringIO("a tool for mail"))
+    error = capsys.readouterr().err
+    assert status == 1
+    assert error.startswith(f"summarize: error: cannot load {model} from the MLflow store {registered.uri}: ")
+    assert named in error.split(": ", 3)[-1] and "Traceback" not in error
+
+
+def test_summarize_model_uri_with_a_store_that_is_down_fails_in_seconds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    started = time.monotonic()
+    status = summarize_main(["--model", "models:/summarizer@champion"], stdin=io.StringIO("a tool for mail"))
+    assert status == 1 and time.monotonic() - started < 30
+    assert "summarize: error:" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed once the probe is
 
 
 def log_run(tracker: RunTracker, name: str, cell: str, metrics: dict[str, float]) -> str:

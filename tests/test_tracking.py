@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from summarizer import tracking
 from summarizer.config import Params, TrackingConfig
 from summarizer.io import read_json
 from summarizer.tracking import (
@@ -33,8 +35,10 @@ from summarizer.tracking import (
     resolve_tracking_uri,
     run_name,
     run_status,
+    system_metrics,
     tracked_run,
 )
+from tests.helpers import LoopbackMlflowServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "tests"
@@ -472,3 +476,60 @@ def test_http_server_store(server_uri: str, tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=server_uri)
     assert [info.path for info in client.list_artifacts(tracker.run_id, "plots")] == ["plots/history.csv"]
     assert [metric.step for metric in client.get_metric_history(tracker.run_id, "train_loss")] == [0, 1]
+
+
+# --- system metrics ---------------------------------------------------------------------------------
+
+
+def monitor_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "SystemMetricsMonitor"]
+
+
+def test_system_metrics_land_on_the_run_while_the_block_runs(
+    store_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    tracker = RunTracker(store_uri)
+    run_id = tracker.start(EXPERIMENT, "system-metrics")
+    with system_metrics(run_id, store_uri):
+        assert len(monitor_threads()) == 1
+        time.sleep(1.5)
+    assert not monitor_threads()  # stopped with the block
+    client = MlflowClient(store_uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    steps = [
+        metric.step for metric in client.get_metric_history(run_id, "system/system_memory_usage_megabytes")
+    ]
+    assert len(steps) >= 2 and steps == sorted(steps)
+    samples = len(steps)
+    time.sleep(0.5)
+    assert len(client.get_metric_history(run_id, "system/system_memory_usage_megabytes")) == samples
+    with system_metrics(run_id, store_uri, resume=True):  # a resumed run: steps go on, none overwritten
+        time.sleep(0.7)
+    resumed = [
+        metric.step for metric in client.get_metric_history(run_id, "system/system_memory_usage_megabytes")
+    ]
+    assert min(resumed[samples:]) > max(steps)
+    tracker.end()
+
+
+@pytest.mark.slow
+def test_system_metrics_stop_within_their_bound_when_the_server_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    server = LoopbackMlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        tracker = RunTracker(server.uri)
+        run_id = tracker.start(EXPERIMENT, "system-metrics-outage")
+        with system_metrics(run_id, server.uri):
+            time.sleep(1.0)
+            server.stop()  # SIGKILL: requests now fail (connection refused, MLflow retries them)
+            time.sleep(0.5)
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < tracking.SYSTEM_METRICS_STOP_SECONDS + 1
+    finally:
+        server.stop()

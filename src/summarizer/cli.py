@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +26,7 @@ from summarizer.progress import format_duration
 from summarizer.tracking import (
     RunRecord,
     TrackingError,
+    check_tracking_store,
     list_runs,
     project_root,
     resolve_tracking_uri,
@@ -52,15 +54,22 @@ def summarize_parser() -> argparse.ArgumentParser:
         description="Summarize texts with a trained summarizer. By default each FILE is one text (its "
         "paragraphs joined); with --one-per-line every non-empty line is a text. With no FILE, or FILE '-', "
         "stdin is read. One summary per text is printed, one per line, in input order.",
-        epilog="Example: echo 'GNU Emacs is an extensible, customizable text editor ...' | "
-        "summarize --model-dir models/summarizer --search greedy",
+        epilog="Examples: echo 'GNU Emacs is an extensible, customizable text editor ...' | "
+        "summarize --model models/summarizer --search greedy; "
+        "summarize --model models:/summarizer@champion notes.txt",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("files", nargs="*", metavar="FILE", help="input text files ('-' for stdin)")
     parser.add_argument(
+        "--model",
         "--model-dir",
+        dest="model",
         default="models/summarizer",
-        help="trained model directory (model.keras, spm.model, config.json from the train stage)",
+        help="a trained model directory (model.keras, spm.model, config.json from the train stage), or an "
+        "MLflow model URI: models:/summarizer@champion (alias), models:/summarizer/3 (version), "
+        "runs:/<run_id>/summarizer. A URI is looked up in the tracking store named by MLFLOW_TRACKING_URI, "
+        "else by tracking.tracking_uri of --params (else of ./params.yaml, else sqlite:///mlflow.db); it "
+        "decodes with the settings it was logged with unless --params or the options below say otherwise",
     )
     parser.add_argument("--one-per-line", action="store_true", help="each non-empty input line is one text")
     parser.add_argument(
@@ -85,13 +94,15 @@ def summarize_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def decoding_settings(arguments: argparse.Namespace) -> EvaluateConfig:
-    """The ``evaluate`` settings of ``--params`` (or the defaults) with the command-line overrides applied.
+def decoding_settings(arguments: argparse.Namespace, base: EvaluateConfig | None = None) -> EvaluateConfig:
+    """The ``evaluate`` settings of ``--params`` (else ``base``, else the defaults), overrides applied.
 
     Raises:
         ConfigError: the params file is invalid or an override is out of range (naming ``evaluate.<key>``).
     """
-    base = load_params(arguments.params).evaluate if arguments.params else EvaluateConfig()
+    if arguments.params:
+        base = load_params(arguments.params).evaluate
+    base = base or EvaluateConfig()
     overrides = {
         name: getattr(arguments, name) for name in DECODING_OPTIONS if getattr(arguments, name) is not None
     }
@@ -132,6 +143,47 @@ def read_texts(files: Sequence[str], one_per_line: bool, stdin: TextIO) -> list[
     return texts
 
 
+def model_tracking_uri(params_path: str | None) -> str:
+    """The store a model URI is looked up in: ``MLFLOW_TRACKING_URI``, else the params' ``tracking_uri``.
+
+    Raises:
+        ConfigError: the params file is invalid. TrackingError: the URI is not usable (names the setting).
+    """
+    path = Path(params_path or "params.yaml")
+    config = load_params(path).tracking if params_path or path.is_file() else TrackingConfig()
+    return resolve_tracking_uri(config, project_root())
+
+
+def resolve_model(
+    arguments: argparse.Namespace, settings: EvaluateConfig, scratch: Path
+) -> tuple[Path, EvaluateConfig]:
+    """The model directory of ``--model`` and the decoding settings to use with it.
+
+    A model URI is downloaded into ``scratch``; unless ``--params`` is given, its logged decoding settings
+    are the base the command-line options override.
+
+    Raises:
+        ModelDirectoryError: not a model directory. ValueError: the URI names no model in the store (the
+            message names the URI and the store), or the store is unreachable (TrackingError).
+    """
+    from summarizer.inference import decoding_config
+    from summarizer.model_directory import check_model_directory
+    from summarizer.pyfunc import download_model_directory, is_model_uri
+
+    if not is_model_uri(arguments.model):
+        return check_model_directory(arguments.model), settings
+    uri = model_tracking_uri(arguments.params)
+    check_tracking_store(uri)  # one short attempt: a store that is down fails now, not after retries
+    try:
+        model_dir, logged = download_model_directory(arguments.model, uri, scratch)
+    except MlflowException as error:
+        reason = str(error.message).strip().splitlines()[0] if str(error.message).strip() else str(error)
+        raise ValueError(f"cannot load {arguments.model} from the MLflow store {uri}: {reason}") from None
+    if not arguments.params:
+        settings = decoding_settings(arguments, base=decoding_config(logged))
+    return model_dir, settings
+
+
 def summarize_main(
     argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
@@ -146,14 +198,18 @@ def summarize_main(
         parser.error(f"decoding settings: {error}")
     # Imported here so that --help and settings errors answer without loading TensorFlow.
     from summarizer.inference import SummarizerPipeline
-    from summarizer.model_directory import ModelDirectoryError, check_model_directory
+    from summarizer.model_directory import ModelDirectoryError
     from summarizer.reproducibility import make_deterministic
 
     make_deterministic()
     try:
-        check_model_directory(arguments.model_dir)
-        texts = read_texts(arguments.files, arguments.one_per_line, stdin)
-        summaries = SummarizerPipeline.load(arguments.model_dir, settings).summarize(texts)
+        with tempfile.TemporaryDirectory(prefix="summarize-") as scratch:
+            model_dir, settings = resolve_model(arguments, settings, Path(scratch))
+            texts = read_texts(arguments.files, arguments.one_per_line, stdin)
+            summaries = SummarizerPipeline.load(model_dir, settings).summarize(texts)
+    except ConfigError as error:
+        print(f"summarize: error: {error}", file=sys.stderr)
+        return 2
     except (ModelDirectoryError, FileNotFoundError, ValueError) as error:
         print(f"summarize: error: {error}", file=sys.stderr)
         return 1

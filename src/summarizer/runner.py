@@ -19,6 +19,10 @@ What a fault leaves behind (each proved by a test with real processes, signals a
 * **A tracking outage** after the run started (:mod:`summarizer.spool`): records are spooled and replayed;
   training goes on, the outputs are written, and a warning says how many records are pending.
 * Anything else raises: the run ends FAILED with the error as a tag; the last checkpoint stays.
+
+While the run is open the chief also logs the machine's CPU, memory (and GPU) use as MLflow system metrics
+(:func:`summarizer.tracking.system_metrics`): started after the run starts, stopped before it ends on every
+path above, never blocking: a store outage only ends the monitoring, and stopping it waits at most 5 s.
 """
 
 from __future__ import annotations
@@ -151,7 +155,9 @@ def _chief_run(
     with tracking.tracked_run(tracker, params.tracking.experiment, name, tags, run_id, handle_sigterm=False):
         if run_id is None:
             tracker.log_params(params.to_flat_dict())
-        yield
+        # CPU, memory (GPU where present) of this machine, stopped before the run ends on every exit path.
+        with tracking.system_metrics(tracker.run_id, tracker.tracking_uri, resume=run_id is not None):
+            yield
 
 
 def _training_data(

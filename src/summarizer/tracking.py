@@ -47,6 +47,11 @@ END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 ARTIFACT_DIRECTORY = "mlartifacts"  # beside a sqlite database, as `mlflow server` names it
 ERROR_TAG = "summarizer.error"
 STORE_ERRORS = (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError)
+# MLflow's system metrics: one sample every this many seconds (MLflow's own
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it; the tests set it to a fraction of a second).
+SYSTEM_METRICS_INTERVAL_SECONDS = 10.0
+# How long stopping the monitor may take (its last flush); past it, the last samples are dropped.
+SYSTEM_METRICS_STOP_SECONDS = 5.0
 _SERVER_HINT = (
     "Start it with `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db`"
 )
@@ -390,6 +395,58 @@ def tracked_run(
     """
     arguments = {"experiment": experiment, "run_name": run_name, "tags": tags, "run_id": run_id}
     return _TrackedRun(tracker, arguments, handle_sigterm)
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, tracking_uri: str, resume: bool = False) -> Iterator[None]:
+    """Log MLflow's system metrics to the run while the block runs, from a daemon thread.
+
+    ``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes`` (and ``_percentage``),
+    disk and network figures of the whole machine (psutil), and ``system/gpu_*`` where ``pynvml`` finds a
+    GPU (optional: without it MLflow logs one INFO line and skips GPU figures), every
+    :data:`SYSTEM_METRICS_INTERVAL_SECONDS`. ``resume`` continues the steps of a resumed run.
+
+    Monitoring never stops or slows the block: a monitor that cannot start is a warning; a store outage
+    ends the monitoring (MLflow's monitor returns on its first failed request, in its own thread); stopping
+    waits at most :data:`SYSTEM_METRICS_STOP_SECONDS` for the last flush. A SIGKILL takes the thread along.
+    """
+    monitor = _start_system_metrics(run_id, tracking_uri, resume)
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            _stop_system_metrics(monitor)
+
+
+def _start_system_metrics(run_id: str, tracking_uri: str, resume: bool) -> Any:
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # resume_logging reads the run's last step: one short attempt, never MLflow's minutes of retries.
+        with environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}):
+            monitor = SystemMetricsMonitor(
+                run_id,
+                sampling_interval=SYSTEM_METRICS_INTERVAL_SECONDS,
+                resume_logging=resume,
+                tracking_uri=tracking_uri,
+            )
+        monitor.start()
+    except (*STORE_ERRORS, ImportError, RuntimeError) as error:
+        logger.warning("system metrics of run %s not logged: %s", run_id, error)
+        return None
+    return monitor
+
+
+def _stop_system_metrics(monitor: Any) -> None:
+    """``monitor.finish()`` (join its thread, flush) in a daemon thread, given a bounded time."""
+    stopper = threading.Thread(target=monitor.finish, name="system-metrics-stop", daemon=True)
+    stopper.start()
+    stopper.join(SYSTEM_METRICS_STOP_SECONDS)
+    if stopper.is_alive():
+        logger.warning(
+            "system metrics: the MLflow store did not take the last samples within %.0f s; dropped",
+            SYSTEM_METRICS_STOP_SECONDS,
+        )
 
 
 def _git_commit(root: Path) -> str | None:

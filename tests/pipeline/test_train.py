@@ -18,7 +18,7 @@ from pipeline import train
 from summarizer import records, runner, training
 from summarizer.distribution import LocalDistribution
 from tests.conftest import REPO_ROOT
-from tests.workers.launch import horovod_environment
+from tests.workers.launch import check, horovod_environment, horovodrun
 from tests.workers.tiny_data import tiny_train_params, write_params, write_tokenized
 
 METRIC_KEYS = {
@@ -118,3 +118,29 @@ def test_one_process_run_with_default_paths_writes_the_best_model_and_metrics(tm
     recorded = mlflow.MlflowClient(run["tracking_uri"]).get_run(run["run_id"])
     assert recorded.info.status == "FINISHED" and recorded.info.run_name == "gru-float32-1w"
     assert recorded.data.metrics["val_perplexity"] == pytest.approx(float(history[-1]["val_perplexity"]))
+
+
+@pytest.mark.slow
+def test_two_worker_run_gets_system_metrics_from_rank_0(tmp_path: Path) -> None:
+    data_dir = write_tokenized(tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_params(tmp_path / "params.yaml", tiny_train_params(epochs=2), uri)
+    command = [
+        "-m", "pipeline.train", "--params", str(tmp_path / "params.yaml"), "--data-dir", str(data_dir),
+        "--out-dir", str(tmp_path / "models/summarizer"), "--metrics", str(tmp_path / "metrics/train.json"),
+        "--history", str(tmp_path / "plots/train_history.csv"), "--root", str(tmp_path),
+        "--timings", str(tmp_path / "metrics/timings/train.json"),
+    ]  # fmt: skip
+    sampling = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
+    check(horovodrun(command, workers=2, cwd=tmp_path, environment=sampling))
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["workers"] == 2
+    metrics = run.data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2
+    # Sampled while the run was running, and by one process (rank 0): one value per step.
+    assert all(run.info.start_time <= metric.timestamp <= run.info.end_time for metric in history)
+    assert len({metric.step for metric in history}) == len(history)
