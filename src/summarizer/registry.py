@@ -18,8 +18,8 @@ unreachable), the run gets the :data:`RUN_TAG_PREFIX` tags, and the stage prints
 MLflow pitfalls this module works around (MLflow 3.17): a ``models:/<model_id>`` source makes the sqlite
 registry store look the logged model up through a *default* ``MlflowClient()`` (the global tracking URI, not
 this client's), so versions are created from the logged model's artifact location with ``model_id`` and
-``run_id`` given; ``mlflow.artifacts.download_artifacts("models:/...", tracking_uri=...)`` resolves the
-registry through the global URI too, so downloads go through ``get_model_version_download_uri``.
+``run_id`` given; ``models:/`` downloads resolve the registry through the global URI too, which
+:func:`summarizer.pyfunc.download_model_directory` (the owner of the pyfunc model's layout) sets meanwhile.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 
+from summarizer import pyfunc
 from summarizer.config import RegistryConfig
 
 REGISTRY_KEY = "registry"  # metrics.json key of the decision
@@ -60,7 +60,6 @@ VERSION_TAGS = (
     TAG_DECODING,
     TAG_COMMIT,
 )
-PYFUNC_MODEL_DIR_ARTIFACT = "model_dir"  # the artifact summarizer.pyfunc logs the model directory as
 RESCORE_ERRORS = (MlflowException, OSError, ValueError, KeyError)
 NOT_DECODING = ("lead_words", "num_logged_examples")  # evaluate.* keys that leave the summaries alone
 
@@ -204,18 +203,6 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     return client.get_model_version(name, str(aliases[CHAMPION]))
 
 
-def download_model_directory(client: MlflowClient, name: str, version: str | int, destination: Path) -> Path:
-    """The model directory inside a registered version's pyfunc model, downloaded under ``destination``."""
-    from mlflow.artifacts import download_artifacts
-
-    uri = client.get_model_version_download_uri(name, str(version))
-    local = Path(
-        download_artifacts(artifact_uri=uri, dst_path=str(destination), tracking_uri=client.tracking_uri)
-    )
-    flavor = Model.load(local / "MLmodel").flavors["python_function"]
-    return local / flavor["artifacts"][PYFUNC_MODEL_DIR_ARTIFACT]["path"]
-
-
 def _champion_score(
     client: MlflowClient, name: str, champion: ModelVersion, evaluation: Evaluation, rescore: Rescorer
 ) -> tuple[float | None, str]:
@@ -229,7 +216,8 @@ def _champion_score(
     before = f"on split sha256 {old_split}…" if not same_split else "with other decoding settings"
     try:
         with tempfile.TemporaryDirectory(prefix="summarizer-champion-") as directory:
-            score = rescore(download_model_directory(client, name, champion.version, Path(directory)))
+            uri = f"models:/{name}/{champion.version}"
+            score = rescore(pyfunc.download_model_directory(uri, client.tracking_uri, directory)[0])
     except RESCORE_ERRORS as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         return None, (
@@ -310,7 +298,6 @@ __all__ = [
     "decide",
     "decision_line",
     "decoding_key",
-    "download_model_directory",
     "not_registered",
     "register",
     "split_sha256",
