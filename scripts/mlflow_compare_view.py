@@ -123,8 +123,7 @@ def local_storage(plan_: dict[str, Any]) -> dict[str, str]:
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
         # UI state
-        "selectedColumns": [column_key("params", name) for name in PARAMS]
-        + [column_key("metrics", name) for name in METRICS],
+        "selectedColumns": [*(column_key("params", name) for name in PARAMS), *metric_columns],
         # the UI applies widths only to the columns in columnOrder, so the fixed columns come first, as shown
         "columnOrder": [*FIXED_COLUMNS, *(column_key("params", name) for name in PARAMS), *metric_columns],
         "columnWidths": {key: COLUMN_WIDTH for key in metric_columns},
@@ -334,6 +333,8 @@ def shoot(plan_: dict[str, Any], base_url: str, output: Path, chromium: str = "c
                 print(
                     json.dumps({key: value for key, value in state.items() if key != "text"}), file=sys.stderr
                 )
+            if state.get("assistant"):
+                raise SystemExit("the MLflow Assistant panel shows in the page; no screenshot saved")
             clipped = [name for name in expected_headers if name in state.get("clipped", [])]
             if clipped:
                 raise SystemExit(f"columns cut off at the window's right edge: {clipped}; widen WINDOW")
