@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import tensor_util
+from tensorflow.python.util import deprecation
 
 from benchmarks import flops
 from benchmarks.common import Shapes, synthetic_batch
@@ -61,7 +62,8 @@ def _profile_by_node(graph: tf.Graph) -> dict[str, int]:
     """Float ops of each of ``graph``'s own nodes, as TensorFlow's profiler counts them (scope view)."""
     builder = tf.compat.v1.profiler.ProfileOptionBuilder
     options = builder(builder.float_operation()).with_empty_output().build()
-    profile = tf.compat.v1.profiler.profile(graph=graph, cmd="scope", options=options)
+    with deprecation.silence():  # the registry's shape helper warns that it is TF1 API, once per process
+        profile = tf.compat.v1.profiler.profile(graph=graph, cmd="scope", options=options)
     counted: dict[str, int] = {}
 
     def walk(node: Any) -> None:
