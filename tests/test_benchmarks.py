@@ -303,7 +303,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
         env=environment,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,  # every group; the ceiling added 135 s at a load average of 11 (2026-11-30)
     )
     assert result.returncode == 0, result.stderr[-5000:]
     results = json.loads((tmp_path / "results-quick.json").read_text(encoding="utf-8"))
