@@ -3,8 +3,8 @@
 Usage: python -m benchmarks.run [--quick] [--only GROUP ...] [--out benchmarks/results] [--params params.yaml]
        python -m benchmarks.run --table      (print the table of the results file, measure nothing)
 
-Groups: training, decoding, scaling, checkpointing, precision, determinism, parameters, tokenize, serving
-(skipped, with a message, when --model-dir has no model). Each
+Groups: training, decoding, scaling, ceiling, checkpointing, precision, determinism, parameters, tokenize,
+serving (skipped, with a message, when --model-dir has no model). Each
 figure is stored under its own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``);
 ``--only`` re-measures some groups and keeps the other figures of an existing results file.
 """
@@ -25,19 +25,32 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, decoding_speed, determinism, scaling, serving, tokenize_speed, training_speed
+from benchmarks import (
+    ceiling,
+    common,
+    decoding_speed,
+    determinism,
+    flops,
+    scaling,
+    serving,
+    tokenize_speed,
+    training_speed,
+)
 from benchmarks.classic import ClassicConfig, build_classic
 from benchmarks.common import Shapes, figure
 from benchmarks.training_speed import Timing
+from summarizer import records
 from summarizer.config import ConfigError, EvaluateConfig, Params, TokenizeConfig, TrainConfig, load_params
 from summarizer.io import read_json, write_json
 from summarizer.model import build_model
+from summarizer.tokenization import PAD_ID, Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUPS = (
     "training",
     "decoding",
     "scaling",
+    "ceiling",
     "checkpointing",
     "precision",
     "determinism",
@@ -94,6 +107,9 @@ class Plan:
     replication_factors: tuple[int, ...]  # tokenize copies with each line repeated this many times
     synthetic_records: int  # --quick tokenizes a synthetic corpus of this many train records
     horovod_timeout_seconds: float
+    peak_matrix_size: int  # the ceiling's float32 matmul: (size x size) @ (size x size)
+    peak_repetitions: int  # its best of this many
+    ceiling_timing: Timing  # training measured by the ceiling group when the training group did not run
 
 
 def _peer_config(defaults: TrainConfig) -> TrainConfig:
@@ -165,6 +181,9 @@ def full_plan(params: Params) -> Plan:
         replication_factors=(10, 20),
         synthetic_records=0,
         horovod_timeout_seconds=600,
+        peak_matrix_size=4096,
+        peak_repetitions=4,
+        ceiling_timing=Timing(warmup_steps=4, steps=8, repetitions=3),
     )
 
 
@@ -197,6 +216,9 @@ def quick_plan(params: Params) -> Plan:
         replication_factors=(10, 20),
         synthetic_records=200,
         horovod_timeout_seconds=300,
+        peak_matrix_size=256,
+        peak_repetitions=2,
+        ceiling_timing=Timing(warmup_steps=1, steps=2, repetitions=2),
     )
 
 
@@ -339,6 +361,223 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
             scaling.scaling_efficiency(one, two), "fraction", TARGETS["scaling_efficiency"]
         ),
     }
+
+
+def _ceiling_models(plan: Plan) -> dict[str, tuple[TrainConfig, Shapes, str]]:
+    """The training group's models of ours: config, batch shapes and the key of their samples/s figure."""
+    return {
+        "classic_shapes": (
+            plan.classic_like,
+            replace(plan.peer_shapes, vocab_size=plan.classic.vocab_size),
+            "train_classic_shapes_samples_per_second",
+        ),
+        "peer_shapes": (plan.peer, plan.peer_shapes, "train_peer_shapes_samples_per_second"),
+        "defaults": (plan.defaults, plan.default_shapes, "train_defaults_samples_per_second"),
+    }
+
+
+def _measured_in_this_run(results: dict[str, Any], group: str) -> bool:
+    """Whether ``group``'s figures in the results file come from this invocation of the runner."""
+    started = results.get("run", {}).get("started_at")
+    measured = results.get("groups", {}).get(group, {}).get("measured_at")
+    return bool(started and measured and measured >= started)
+
+
+def run_ceiling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """FLOPs per training example (counted, checked against TensorFlow's profiler), the float32 matmul peak,
+    our training figures as fractions of it, and the padding share of today's batches on the default corpus.
+
+    The training figures are the training group's when it ran earlier in this run, else measured here. The
+    in-process peak is the best of repetitions before and after them, so a busy spell of a shared machine
+    does not fall on the peak only.
+    """
+    results = merged_results(output_path(options.out, plan.quick), keep_previous=True)
+    size, repetitions, timeout = plan.peak_matrix_size, plan.peak_repetitions, plan.horovod_timeout_seconds
+    before = ceiling.peak_in_process(size, repetitions)
+    alone = ceiling.peak_in_processes(1, 1, size, repetitions, timeout)[0]
+    pair = ceiling.peak_in_processes(2, 1, size, repetitions, timeout)
+    per_rank = sum(rank["gflops"] for rank in pair) / len(pair)
+    training = results if _measured_in_this_run(results, "training") else None
+    models = {}
+    for name, (config, shapes, rate_key) in _ceiling_models(plan).items():
+        models[name] = _model_rate(plan, config, shapes, rate_key, training)
+    after = ceiling.peak_in_process(size, repetitions)
+    peak = {**before, "gflops": max(before["gflops"], after["gflops"])}
+    peak["repetitions"] = before["repetitions"] + after["repetitions"]
+    figures = {
+        "ceiling_peak_gflops": figure(peak["gflops"], "GFLOP/s", **_peak_details(peak)),
+        "ceiling_peak_one_thread_gflops": figure(alone["gflops"], "GFLOP/s", **_peak_details(alone)),
+        "ceiling_peak_per_rank_two_ranks_gflops": figure(
+            per_rank, "GFLOP/s", ranks=[_peak_details(rank) for rank in pair]
+        ),
+    }
+    for name, (config, shapes, _) in _ceiling_models(plan).items():
+        figures.update(_model_ceiling(name, config, shapes, models[name], peak["gflops"]))
+    if _measured_in_this_run(results, "scaling"):
+        figures.update(_scaling_ceiling(plan, results, alone["gflops"], per_rank))
+    figures.update(_padding_figures(plan, options))
+    return figures
+
+
+def _peak_details(peak: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "matrix_size": peak["size"],
+        "intra_op_threads": peak["intra_op_threads"],
+        "repetitions": peak["repetitions"],
+    }
+
+
+def _real_length_flops(config: TrainConfig, shapes: Shapes) -> float:
+    """Mean train FLOPs per example of the training group's synthetic batches at each example's lengths."""
+    values = []
+    for batch in common.synthetic_batches(shapes, training_speed.DISTINCT_BATCHES, SEED):
+        source = (batch["source_ids"] != PAD_ID).sum(axis=1)
+        target = (batch["target_out"] != PAD_ID).sum(axis=1)
+        counted = flops.train_flops_per_example(config, shapes.vocab_size, source, target, shapes.batch_size)
+        values.extend(counted["total"].tolist())
+    return sum(values) / len(values)
+
+
+def _model_rate(
+    plan: Plan, config: TrainConfig, shapes: Shapes, rate_key: str, training: dict[str, Any] | None
+) -> tuple[float, dict[str, Any]]:
+    """Samples/s of our train step: the training group's figure of this run, else measured now."""
+    if training is not None and rate_key in training:
+        return training[rate_key]["value"], {"throughput_figure": rate_key}
+    measured = training_speed.measure_our_training(config, shapes, plan.ceiling_timing, SEED)
+    return measured["samples_per_second"], {"measured_here": measured["repetitions"]}
+
+
+def _model_ceiling(
+    name: str,
+    config: TrainConfig,
+    shapes: Shapes,
+    measured: tuple[float, dict[str, Any]],
+    peak_gflops: float,
+) -> dict[str, Any]:
+    config = replace(config, batch_size=shapes.batch_size)
+    counted = flops.train_flops_per_example(
+        config, shapes.vocab_size, shapes.source_length, shapes.target_length, shapes.batch_size
+    )
+    real = _real_length_flops(config, shapes)
+    check = ceiling.check_count(config, shapes, SEED)
+    rate, source = measured
+    achieved = rate * counted["total"] / 1e9
+    prefix = f"ceiling_{name}"
+    lengths = (shapes.source_length, shapes.target_length)
+    return {
+        f"{prefix}_train_mflops_per_example": figure(
+            counted["total"] / 1e6,
+            "MFLOP/example",
+            padded_lengths=list(lengths),
+            batch_size=shapes.batch_size,
+            vocab_size=shapes.vocab_size,
+            real_lengths_mflops=round(real / 1e6, 3),
+            forward_mflops=round(counted["forward"]["total"] / 1e6, 3),
+            forward_matmul_mflops=round(counted["forward"]["matmul"] / 1e6, 3),
+            backward_multiplier=flops.BACKWARD_MULTIPLIER,
+            optimizer_mflops=round(counted["optimizer"] / 1e6, 3),
+            forward_by_part_mflops=flops.breakdown(config, shapes.vocab_size, *lengths),
+            parameters=flops.parameter_count(config, shapes.vocab_size),
+        ),
+        f"{prefix}_profiler_over_analytic": figure(
+            check["ratio_profiler_over_analytic"]["train_total"], "x analytic", **check
+        ),
+        f"{prefix}_samples_per_second_at_peak": figure(
+            peak_gflops * 1e9 / counted["total"], "samples/s", peak_figure="ceiling_peak_gflops"
+        ),
+        f"{prefix}_achieved_gflops": figure(achieved, "GFLOP/s", samples_per_second=round(rate, 2), **source),
+        f"{prefix}_fraction_of_peak": figure(
+            achieved / peak_gflops,
+            "of peak",
+            peak_figure="ceiling_peak_gflops",
+            useful_fraction_of_peak=round(rate * real / 1e9 / peak_gflops, 4),
+            **source,
+        ),
+    }
+
+
+def _scaling_ceiling(
+    plan: Plan, results: dict[str, Any], one_thread_gflops: float, per_rank_gflops: float
+) -> dict[str, Any]:
+    """The scaling group's figures (peer's shapes, one thread per rank) as fractions of their peaks."""
+    shapes = plan.peer_shapes
+    per_example = flops.train_flops_per_example(
+        plan.peer, shapes.vocab_size, shapes.source_length, shapes.target_length, shapes.batch_size
+    )["total"]
+    one = results["scaling_one_worker_samples_per_second"]["value"] * per_example / 1e9
+    two = results["scaling_two_workers_samples_per_second"]["value"] * per_example / 1e9
+    return {
+        "ceiling_scaling_one_worker_fraction_of_peak": figure(
+            one / one_thread_gflops,
+            "of peak",
+            throughput_figure="scaling_one_worker_samples_per_second",
+            peak_figure="ceiling_peak_one_thread_gflops",
+            achieved_gflops=round(one, 3),
+        ),
+        "ceiling_scaling_two_workers_fraction_of_peak": figure(
+            two / (2 * per_rank_gflops),
+            "of peak",
+            throughput_figure="scaling_two_workers_samples_per_second",
+            peak_figure="2 x ceiling_peak_per_rank_two_ranks_gflops",
+            achieved_gflops=round(two, 3),
+        ),
+    }
+
+
+def _truncated_fraction(tokenized: Path, train_examples: int) -> float | None:
+    """The tokenize stage's exact share of cut train sources, if its metrics match these shards."""
+    path = tokenized.parent.parent / "metrics" / "tokenize.json"
+    if not path.is_file():
+        return None
+    train = read_json(path).get("train", {})
+    if train.get("examples") != train_examples:
+        return None
+    return train.get("truncated_sources_fraction")
+
+
+def _padding_figures(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """PAD shares of one epoch of the train stage's batches (defaults: batch size, workers) on --tokenized."""
+    with tempfile.TemporaryDirectory(prefix="benchmark-ceiling-") as directory:
+        tokenized = options.tokenized
+        if tokenized is None and plan.quick:
+            tokenized = ceiling.write_synthetic_shards(
+                Path(directory) / "tokenized", plan.default_shapes, plan.synthetic_records, 4, SEED
+            )
+        elif tokenized is None:
+            tokenized = REPO_ROOT / "data" / "tokenized"
+        try:
+            files = records.list_shards(tokenized, "train")
+        except FileNotFoundError as error:
+            print(f"benchmarks: ceiling: padding skipped: {error} (--tokenized)", file=sys.stderr)
+            return {}
+        spm = tokenized / "spm.model"
+        vocab_size = Tokenizer.load(spm).vocab_size if spm.is_file() else plan.default_shapes.vocab_size
+        cap = plan.default_shapes.source_length
+        share = ceiling.padding_share(files, plan.defaults, vocab_size, plan.defaults.workers, cap)
+    details = {name: round(value, 4) if isinstance(value, float) else value for name, value in share.items()}
+    details.update(tokenized=str(tokenized), vocab_size=vocab_size, max_source_tokens=cap)
+    figures = {
+        "ceiling_corpus_source_padding_fraction": figure(
+            share["source_padding_fraction"], "of source slots", **details
+        ),
+        "ceiling_corpus_target_padding_fraction": figure(share["target_padding_fraction"], "of target slots"),
+        "ceiling_corpus_sources_at_cap_fraction": figure(
+            share["at_cap_fraction"], f"of train sources ({cap} tokens)"
+        ),
+    }
+    truncated = _truncated_fraction(tokenized, share["train_examples"])
+    if truncated is not None:
+        figures["ceiling_corpus_sources_truncated_fraction"] = figure(
+            truncated, f"of train sources (> {cap} tokens)", source="metrics/tokenize.json"
+        )
+    figures["ceiling_corpus_useful_flops_fraction"] = figure(
+        share["useful_flops_fraction"],
+        "of train FLOPs",
+        padded_mflops_per_example=round(share["padded_mflops_per_example"], 3),
+        real_mflops_per_example=round(share["real_mflops_per_example"], 3),
+    )
+    return figures
 
 
 def run_checkpointing(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
@@ -537,6 +776,7 @@ RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
     "training": run_training,
     "decoding": run_decoding,
     "scaling": run_scaling,
+    "ceiling": run_ceiling,
     "checkpointing": run_checkpointing,
     "precision": run_precision,
     "determinism": run_determinism,
@@ -574,14 +814,27 @@ def figure_keys(results: dict[str, Any]) -> list[str]:
     return [key for group in GROUPS if group in groups for key in groups[group]["figures"]]
 
 
+def fractions_of_peak(results: dict[str, Any]) -> dict[str, float]:
+    """Throughput figure key -> its fraction of the measured peak (the ceiling group's figures)."""
+    return {
+        results[key]["throughput_figure"]: results[key]["value"]
+        for key in figure_keys(results)
+        if results[key].get("unit") == "of peak" and "throughput_figure" in results[key]
+    }
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """The figures as a Markdown table: figure, value, unit, target, met."""
-    lines = ["| figure | value | unit | target | met |", "|---|---:|---|---|---|"]
+    """The figures as a Markdown table: figure, value, unit, target, met, and the fraction of the peak."""
+    lines = ["| figure | value | unit | target | met | of peak |", "|---|---:|---|---|---|---:|"]
+    of_peak = fractions_of_peak(results)
     for key in figure_keys(results):
         result = results[key]
         met = {True: "yes", False: "**no**", None: ""}[result["met"]]
         value = _format_number(result["value"])
-        lines.append(f"| {key} | {value} | {result['unit']} | {_format_target(result)} | {met} |")
+        fraction = f"{100 * of_peak[key]:.1f}%" if key in of_peak else ""
+        lines.append(
+            f"| {key} | {value} | {result['unit']} | {_format_target(result)} | {met} | {fraction} |"
+        )
     return "\n".join(lines)
 
 
@@ -611,8 +864,9 @@ def merged_results(path: Path, keep_previous: bool) -> dict[str, Any]:
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description="Measure training, decoding, scaling, precision, the cost of op determinism, parameter "
-        "counts and tokenize throughput; print a Markdown table and write the results JSON.",
+        description="Measure training, decoding, scaling, the ceiling (FLOPs per example, matmul peak, "
+        "padding), precision, the cost of op determinism, parameter counts and tokenize throughput; print a "
+        "Markdown table and write the results JSON.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes (seconds, not minutes); for the smoke test"
@@ -634,6 +888,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="an ingested directory for the tokenize group "
         "(default: data/ingested, else the ingest stage is run into a temporary directory)",
+    )
+    parser.add_argument(
+        "--tokenized",
+        type=Path,
+        default=None,
+        help="tokenized shards for the ceiling group's padding figures (default: data/tokenized; --quick: "
+        "synthetic shards); skipped when it holds no train shards",
     )
     parser.add_argument(
         "--model-dir",
@@ -673,6 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     results["run"] = {
         "command": shlex.join(["python", "-m", "benchmarks.run", *_arguments(argv)]),
         "quick": plan.quick,
+        "started_at": _now(),
     }
     print(machine_line(results), flush=True)
     write_json(path, results)
@@ -697,8 +959,14 @@ def measure_group_in_child(group: str, options: argparse.Namespace) -> int:
     command += ["--params", str(options.params)] + (["--quick"] if options.quick else [])
     if options.corpus is not None:
         command += ["--corpus", str(options.corpus)]
+    if options.tokenized is not None:
+        command += ["--tokenized", str(options.tokenized)]
     command += ["--model-dir", str(options.model_dir)]
     return subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def measure_groups(plan: Plan, options: argparse.Namespace, groups: list[str], path: Path) -> int:
@@ -712,7 +980,7 @@ def measure_groups(plan: Plan, options: argparse.Namespace, groups: list[str], p
         results["groups"][group] = {
             "figures": list(figures),
             "seconds": round(time.perf_counter() - started, 1),
-            "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "measured_at": _now(),
             "load_average_1min_after": round(os.getloadavg()[0], 2),
         }
         write_json(path, results)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import classic, decoding_speed, run, scaling, serving, tokenize_speed
+from benchmarks import ceiling, classic, decoding_speed, flops, run, scaling, serving, tokenize_speed
 from benchmarks.common import Shapes, figure, synthetic_batch, target_tokens
+from summarizer import records
 from summarizer.config import EvaluateConfig, TrainConfig
 from summarizer.model import build_model
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
@@ -120,9 +121,12 @@ def test_markdown_table_lists_figures_in_group_order() -> None:
         "b": figure(0.5, "x", 1.2, "<="),
     }
     assert run.markdown_table(results).splitlines()[2:] == [
-        "| a | 250 | samples/s | >= 200 | yes |",
-        "| b | 0.50 | x | <= 1.20 | yes |",
+        "| a | 250 | samples/s | >= 200 | yes |  |",
+        "| b | 0.50 | x | <= 1.20 | yes |  |",
     ]
+    results["groups"]["ceiling"] = {"figures": ["c"]}
+    results["c"] = figure(0.4321, "of peak", throughput_figure="a")
+    assert run.markdown_table(results).splitlines()[2] == "| a | 250 | samples/s | >= 200 | yes | 43.2% |"
 
 
 def test_quick_plan_keeps_the_product_configurations() -> None:
@@ -139,6 +143,145 @@ def test_quick_plan_keeps_the_product_configurations() -> None:
         plan.defaults, units=train.units, embedding_dim=train.embedding_dim, batch_size=train.batch_size
     )
     assert resized == train == run.full_plan(params).defaults
+
+
+# A model small enough to count by hand: bidirectional GRU (2 units per direction), embeddings 2, units 4,
+# vocabulary 10, additive attention, no copy, no dropout; source 3 and target 2 tokens; batch 5.
+HAND_CONFIG = TrainConfig(
+    units=4, embedding_dim=2, copy_attention=False, dropout=0.0, coverage_weight=0.0, batch_size=5
+)
+HAND_SHAPES = Shapes(vocab_size=10, source_length=3, target_length=2, batch_size=5)
+
+
+def test_flop_count_of_a_tiny_model_matches_the_hand_count() -> None:
+    terms = flops.forward_terms(HAND_CONFIG, 10, 3, 2)
+    # matrix products, 2 FLOPs per multiply-add:
+    assert terms["encoder_0"][0] == 2 * 3 * (2 * 3 * 2 * (2 + 2))  # 2 directions x 3 steps x 3 gates
+    assert terms["attention_keys"][0] == 3 * 2 * 4 * 4
+    assert terms["decoder_recurrent"][0] == 2 * (2 * 3 * 4 * (2 + 4))
+    assert terms["attention"][0] == 2 * 2 * 4 * 4 + 6 * 2 * 4 + 6 * 2 * 4  # query, energy, context (6 pairs)
+    assert terms["combine"][0] == 2 * 2 * 8 * 4 and terms["output_projection"][0] == 2 * 2 * 4 * 10
+    # 288 + 96 + 288 + 160 + 128 + 160 = 1120 products; element-wise: encoder 2 x 3 x 17 x 2 = 204,
+    # decoder 2 x 17 x 4 = 136, attention 8 + 48 + 36 = 92, combine 8, output bias 20, loss 2 x 44 = 88
+    assert flops.totals(terms) == {"matmul": 1120, "elementwise": 548, "total": 1668}
+    # parameters: embedding 20, encoder 2 x 36, keys 16, query + bias + energy 24, decoder 96, combine 32,
+    # output 50 = 310; the optimizer's 17 FLOPs each per step are shared by the 5 examples of the batch
+    assert flops.parameter_count(HAND_CONFIG, 10) == 310
+    counted = flops.train_flops_per_example(HAND_CONFIG, 10, 3, 2, batch_size=5)
+    assert counted["matmul"] == 3 * 1120
+    assert counted["total"] == pytest.approx(3 * 1668 + 17 * 310 / 5)
+    # lengths may be arrays, one per example; the s x t attention term makes the mean differ from f(mean)
+    per_example = flops.train_flops_per_example(HAND_CONFIG, 10, np.array([3, 1]), np.array([2, 2]), 5)
+    one = flops.train_flops_per_example(HAND_CONFIG, 10, 1, 2, 5)
+    assert per_example["total"].tolist() == pytest.approx([counted["total"], one["total"]])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"cell": "lstm", "attention": "multiplicative", "coverage_weight": 1.0},
+        {"bidirectional": False, "encoder_layers": 2, "copy_attention": False},
+        {"cell": "lstm", "encoder_layers": 2, "coverage_weight": 0.5},
+    ],
+)
+def test_parameter_count_from_the_shapes_matches_keras(changes: dict) -> None:
+    config = replace(TrainConfig(units=8, embedding_dim=6), **changes)
+    assert flops.parameter_count(config, 40) == build_model(config, 40).count_params()
+
+
+@pytest.mark.parametrize("changes", [{}, {"cell": "lstm", "encoder_layers": 2, "copy_attention": False}])
+def test_profiler_counts_the_products_the_shapes_predict(changes: dict) -> None:
+    config = replace(
+        HAND_CONFIG, **{"units": 8, "embedding_dim": 6, "dropout": 0.1, "copy_attention": True, **changes}
+    )
+    shapes = Shapes(vocab_size=40, source_length=7, target_length=5, batch_size=3)
+    check = ceiling.check_count(config, shapes, seed=0)
+    ratios = check["ratio_profiler_over_analytic"]
+    # every matrix product of the forward pass, the recurrent ones inside the While loops included
+    assert ratios["forward_matmul"] == pytest.approx(1.0, abs=1e-6)
+    assert ratios["train_matmul"] == pytest.approx(1.0, abs=1e-6)
+    assert check["profiler_train_over_forward_matmul"] == pytest.approx(flops.BACKWARD_MULTIPLIER, abs=1e-3)
+    # the profiler alone (no loop bodies) misses the recurrent products
+    analytic = check["analytic_mflops"]
+    assert check["profiler_forward_without_loops_mflops"] < analytic["forward_matmul"]
+    loops = 2 * config.encoder_layers + 1  # each direction of each encoder layer, the decoder
+    assert check["loops"] == {"forward": loops, "train_step": 2 * loops}  # and their gradient loops
+
+
+def _write_train_shards(directory: Path, pairs: list[tuple[list[int], list[int]]], shards: int) -> list[str]:
+    with records.ShardedWriter(directory, "train", shards) as writer:
+        for source, target in pairs:
+            writer.write(records.make_example(source, target))
+    return records.list_shards(directory, "train")
+
+
+def test_padding_share_of_a_tiny_fixture_is_the_hand_count(tmp_path: Path) -> None:
+    # (source, target): example i goes to shard i % 2, and each rank of 2 reads one shard
+    pairs = [
+        ([5, 6, 7], [8, 3]),  # shard 0
+        ([5, 6], [3]),  # shard 1
+        ([9], [8, 3]),  # shard 0
+        ([7, 7], [5, 6, 8, 3]),  # shard 1
+    ]
+    files = _write_train_shards(tmp_path, pairs, shards=2)
+    config = replace(HAND_CONFIG, batch_size=2)
+    share = ceiling.padding_share(files, config, vocab_size=10, workers=2, max_source_tokens=3)
+    # one batch of 2 per rank, whatever the shuffle: rank 0 sources padded to 3 (2 PAD of 6 slots), targets
+    # to 2 (0 of 4); rank 1 sources to 2 (0 of 4), targets to 4 (3 of 8)
+    assert (share["steps_per_rank"], share["batches"], share["examples"]) == (1, 2, 4)
+    assert share["source_padding_fraction"] == pytest.approx(2 / 10)
+    assert share["target_padding_fraction"] == pytest.approx(3 / 12)
+    assert share["at_cap_fraction"] == pytest.approx(1 / 4)
+    assert share["mean_padded_source_length"] == pytest.approx(2.5) and share["mean_source_length"] == 2.0
+
+    def train(source: int, target: int) -> float:
+        return flops.train_flops_per_example(config, 10, source, target, 2)["total"]
+
+    padded = 2 * train(3, 2) + 2 * train(2, 4)
+    real = train(3, 2) + train(1, 2) + train(2, 1) + train(2, 4)
+    assert share["padded_mflops_per_example"] == pytest.approx(padded / 4 / 1e6)
+    assert share["useful_flops_fraction"] == pytest.approx(real / padded)
+
+
+@pytest.mark.slow
+def test_quick_ceiling_group_counts_and_measures(tmp_path: Path) -> None:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "ceiling", "--out", str(tmp_path)]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = json.loads((tmp_path / "results-quick.json").read_text(encoding="utf-8"))
+    keys = results["groups"]["ceiling"]["figures"]
+    assert "ceiling_scaling_two_workers_fraction_of_peak" not in keys  # scaling did not run in this run
+    value = {key: results[key]["value"] for key in keys}
+    assert value["ceiling_peak_gflops"] > 0 and value["ceiling_peak_per_rank_two_ranks_gflops"] > 0
+    assert results["ceiling_peak_one_thread_gflops"]["intra_op_threads"] == 1
+    assert [
+        rank["intra_op_threads"] for rank in results["ceiling_peak_per_rank_two_ranks_gflops"]["ranks"]
+    ] == [
+        1,
+        1,
+    ]
+    for name in ("classic_shapes", "peer_shapes", "defaults"):
+        prefix = f"ceiling_{name}"
+        ratios = results[f"{prefix}_profiler_over_analytic"]["ratio_profiler_over_analytic"]
+        assert ratios["train_matmul"] == pytest.approx(1.0, abs=1e-6), name
+        assert "measured_here" in results[f"{prefix}_fraction_of_peak"]  # the training group did not run
+        assert value[f"{prefix}_fraction_of_peak"] == pytest.approx(
+            value[f"{prefix}_achieved_gflops"] / value["ceiling_peak_gflops"], rel=1e-3, abs=1e-4
+        )  # figures keep 4 decimals
+    assert 0 < value["ceiling_corpus_source_padding_fraction"] < 1  # --quick: synthetic shards
+    assert 0 < value["ceiling_corpus_useful_flops_fraction"] < 1
+    assert "| ceiling_peak_gflops |" in result.stdout
+
+
+def test_padding_figures_skip_without_tokenized_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    plan = run.full_plan(run.load_params(REPO_ROOT / "params.yaml"))
+    options = run.parse_arguments(["--tokenized", str(tmp_path / "absent")])
+    assert run._padding_figures(plan, options) == {}
+    assert "ceiling: padding skipped: no train shards" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -160,7 +303,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
         env=environment,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,  # every group; the ceiling added 135 s at a load average of 11 (2026-11-30)
     )
     assert result.returncode == 0, result.stderr[-5000:]
     results = json.loads((tmp_path / "results-quick.json").read_text(encoding="utf-8"))
@@ -168,7 +311,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["versions"]["tensorflow"] == tf.__version__
     assert set(results["groups"]) == set(run.GROUPS)
     keys = run.figure_keys(results)
-    assert len(keys) == 40
+    assert len(keys) == 40 + 24  # the ceiling's: 3 peaks, 5 per model of ours, 2 scaling, 4 padding
     for key in keys:
         assert {"value", "unit", "target", "met"} <= set(results[key]), key
         assert f"| {key} |" in result.stdout
@@ -195,6 +338,20 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
         100 * (1 - value["determinism_on_samples_per_second"] / value["determinism_off_samples_per_second"]),
         rel=1e-3,
     )
+    # the ceiling took the training and scaling groups' figures of this run, and the table shows them
+    fraction = results["ceiling_peer_shapes_fraction_of_peak"]
+    assert fraction["throughput_figure"] == "train_peer_shapes_samples_per_second"
+    assert value["ceiling_peer_shapes_achieved_gflops"] == pytest.approx(
+        value["train_peer_shapes_samples_per_second"]
+        * value["ceiling_peer_shapes_train_mflops_per_example"]
+        / 1000,
+        rel=1e-3,
+        abs=1e-3,
+    )
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| scaling_efficiency |"))
+    assert row.endswith("|  |")
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| scaling_two_workers_"))
+    assert row.endswith(f"| {100 * value['ceiling_scaling_two_workers_fraction_of_peak']:.1f}% |")
     assert run.main(["--quick", "--out", str(tmp_path), "--table"]) == 0
     assert "| scaling_efficiency |" in capsys.readouterr().out
 
