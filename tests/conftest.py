@@ -96,3 +96,14 @@ def isolated_mlflow_tracking_uri():
 def write_jsonl(path: Path, rows: list[object]) -> Path:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A real ``mlflow server`` on loopback, with its own store in ``tmp_path``; stopped after the test."""
+    from tests.helpers import LoopbackMlflowServer
+
+    running = LoopbackMlflowServer(tmp_path / "server")
+    running.start()
+    yield running
+    running.stop()

@@ -348,14 +348,6 @@ def test_a_disabled_registry_registers_nothing(tmp_path: Path) -> None:
 # Through an mlflow server, and without one ---------------------------------------------------------------
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    running = LoopbackMlflowServer(tmp_path / "server")
-    running.start()
-    yield running
-    running.stop()
-
-
 @pytest.mark.slow
 def test_registration_through_an_mlflow_server_rescores_the_champion_on_a_new_split(
     tiny: TinyModel, own_summaries: list[tuple[str, str]], server: LoopbackMlflowServer, tmp_path: Path

@@ -14,14 +14,6 @@ from summarizer.tracking import RunTracker
 from tests.helpers import LoopbackMlflowServer
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    running = LoopbackMlflowServer(tmp_path / "server")
-    running.start()
-    yield running
-    running.stop()
-
-
 def test_records_spooled_during_an_outage_land_in_order_with_their_steps_and_timestamps(
     server: LoopbackMlflowServer, tmp_path: Path
 ) -> None:
