@@ -3,8 +3,8 @@
 Usage: python -m benchmarks.run [--quick] [--only GROUP ...] [--out benchmarks/results] [--params params.yaml]
        python -m benchmarks.run --table      (print the table of the results file, measure nothing)
 
-Groups: training, decoding, scaling, checkpointing, precision, determinism, parameters, tokenize, serving
-(skipped, with a message, when --model-dir has no model). Each
+Groups: training, batching, decoding, scaling, checkpointing, precision, determinism, parameters, tokenize,
+serving (skipped, with a message, when --model-dir has no model). Each
 figure is stored under its own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``);
 ``--only`` re-measures some groups and keeps the other figures of an existing results file.
 """
@@ -25,7 +25,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, decoding_speed, determinism, scaling, serving, tokenize_speed, training_speed
+from benchmarks import (
+    batching_speed,
+    common,
+    decoding_speed,
+    determinism,
+    scaling,
+    serving,
+    tokenize_speed,
+    training_speed,
+)
 from benchmarks.classic import ClassicConfig, build_classic
 from benchmarks.common import Shapes, figure
 from benchmarks.training_speed import Timing
@@ -36,6 +45,7 @@ from summarizer.model import build_model
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUPS = (
     "training",
+    "batching",
     "decoding",
     "scaling",
     "checkpointing",
@@ -236,6 +246,52 @@ def run_training(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
             defaults["samples_per_second"] / classic["samples_per_second"], "x classic"
         ),
     }
+
+
+def run_batching(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """Our default model's step on ``examples`` vs ``tokens`` batches of the default corpus' lengths.
+
+    The full run reads ``data/tokenized`` when the tokenize stage has written it (else, and with --quick, a
+    synthetic corpus shaped like it); the token budget is ``batch_size * max_source_tokens``.
+    """
+    shapes = plan.default_shapes
+    data_dir = None if plan.quick else REPO_ROOT / "data" / "tokenized"
+    result = batching_speed.compare(
+        plan.defaults,
+        data_dir,
+        shapes.source_length,
+        shapes.target_length,
+        shapes.vocab_size,
+        plan.timing,
+        SEED,
+    )
+    examples, tokens = result["examples"], result["tokens"]
+    details = {"corpus": result["corpus"]}
+    figures = {}
+    for kind, measured, batch_size in (
+        ("examples", examples, plan.defaults.batch_size),
+        ("tokens", tokens, result["token_budget"]),
+    ):
+        batch = {
+            "batch_size": batch_size,
+            "examples_per_batch": round(measured["examples_per_batch"], 1),
+            "repetitions": measured["repetitions"],
+        }
+        figures[f"batching_{kind}_samples_per_second"] = figure(
+            measured["samples_per_second"], "samples/s", **batch, **details
+        )
+        figures[f"batching_{kind}_target_tokens_per_second"] = figure(
+            measured["target_tokens_per_second"], "tokens/s", repetitions=measured["token_repetitions"]
+        )
+        for name in ("source", "target"):
+            figures[f"batching_{kind}_{name}_padding_percent"] = figure(
+                measured[f"{name}_padding_percent"], f"% of {name} positions"
+            )
+    figures["batching_tokens_speedup"] = figure(
+        tokens["target_tokens_per_second"] / examples["target_tokens_per_second"],
+        "x examples (target tokens/s)",
+    )
+    return figures
 
 
 def _rate_figure(
@@ -535,6 +591,7 @@ def run_serving(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
     "training": run_training,
+    "batching": run_batching,
     "decoding": run_decoding,
     "scaling": run_scaling,
     "checkpointing": run_checkpointing,

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import classic, decoding_speed, run, scaling, serving, tokenize_speed
+from benchmarks import batching_speed, classic, decoding_speed, run, scaling, serving, tokenize_speed
 from benchmarks.common import Shapes, figure, synthetic_batch, target_tokens
 from summarizer.config import EvaluateConfig, TrainConfig
 from summarizer.model import build_model
+from summarizer.records import source_lengths
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
 from tests.conftest import REPO_ROOT
 from tests.helpers import build_model_directory, write_ingested_split
@@ -113,6 +114,13 @@ def test_scaling_efficiency_and_worker_environment() -> None:
     assert command[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
 
 
+def test_synthetic_batching_corpus_is_shaped_like_the_default_corpus(tmp_path: Path) -> None:
+    files = batching_speed.write_synthetic_corpus(tmp_path, 2000, 80, 16, 300, seed=0)
+    lengths = source_lengths(files)
+    assert len(lengths) == 2000 and max(lengths) == 80 and min(lengths) >= 20
+    assert lengths.count(80) / len(lengths) == pytest.approx(batching_speed.CAPPED_SOURCE_FRACTION, abs=0.04)
+
+
 def test_markdown_table_lists_figures_in_group_order() -> None:
     results = {
         "groups": {"decoding": {"figures": ["b"]}, "training": {"figures": ["a"]}},
@@ -168,7 +176,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["versions"]["tensorflow"] == tf.__version__
     assert set(results["groups"]) == set(run.GROUPS)
     keys = run.figure_keys(results)
-    assert len(keys) == 40
+    assert len(keys) == 49
     for key in keys:
         assert {"value", "unit", "target", "met"} <= set(results[key]), key
         assert f"| {key} |" in result.stdout
@@ -189,6 +197,13 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
         == 20 * results["tokenize_megabytes_per_second"]["examples"]
     )
     assert results["scaling_one_worker_samples_per_second"]["intra_op_threads"] == 1
+    assert value["batching_tokens_speedup"] == pytest.approx(
+        value["batching_tokens_target_tokens_per_second"]
+        / value["batching_examples_target_tokens_per_second"],
+        rel=1e-3,
+    )
+    assert results["batching_tokens_samples_per_second"]["corpus"].startswith("synthetic")
+    assert 0 < value["batching_examples_source_padding_percent"] < 100
     assert value["checkpoint_save_seconds"] > 0 and value["checkpointing_on_samples_per_second"] > 0
     assert results["checkpointing_cost_percent"]["met"] == (value["checkpointing_cost_percent"] <= 3.0)
     assert value["determinism_cost_percent"] == pytest.approx(
