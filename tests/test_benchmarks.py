@@ -176,7 +176,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["versions"]["tensorflow"] == tf.__version__
     assert set(results["groups"]) == set(run.GROUPS)
     keys = run.figure_keys(results)
-    assert len(keys) == 49
+    assert len(keys) == 52
     for key in keys:
         assert {"value", "unit", "target", "met"} <= set(results[key]), key
         assert f"| {key} |" in result.stdout
@@ -197,6 +197,8 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
         == 20 * results["tokenize_megabytes_per_second"]["examples"]
     )
     assert results["scaling_one_worker_samples_per_second"]["intra_op_threads"] == 1
+    assert results["scaling_accumulated_two_workers_samples_per_second"]["accumulate_steps"] == 2
+    assert results["scaling_accumulated_efficiency"]["target"] == 0.85
     assert value["batching_tokens_speedup"] == pytest.approx(
         value["batching_tokens_target_tokens_per_second"]
         / value["batching_examples_target_tokens_per_second"],
