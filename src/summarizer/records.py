@@ -322,6 +322,8 @@ def _batch(
     padding = {name: tf.constant(PAD_ID, tf.int32) for name in ("source_ids", "target_in", "target_out")}
     if buckets is None and bucket_boundaries:
         buckets = Buckets(tuple(bucket_boundaries), (batch_size,) * (len(bucket_boundaries) + 1))
+    if buckets is not None and not buckets.boundaries:  # one bucket
+        batch_size, buckets = buckets.batch_sizes[0], None
     if buckets is None:
         return dataset.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
     return dataset.bucket_by_sequence_length(
