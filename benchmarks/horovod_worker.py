@@ -5,7 +5,9 @@ Each rank runs with one intra-op and one inter-op thread, trains our model with 
 batches, and the chief writes the global samples/s to the JSON file given as ``--out``. With
 ``"control": true`` in the settings every step is followed by the train stage's
 :class:`~summarizer.preemption.StepControl` (its collective about every second, checkpoints every 10
-minutes), and the chief times one save of a resume checkpoint of this model.
+minutes), and the chief times one save of a resume checkpoint of this model. With ``accumulate_steps`` N > 1
+in the train settings each optimizer step takes N micro-batches (``Trainer.optimizer_step``: one gradient
+allreduce per N batches); samples count every micro-batch.
 
 Usage: python -m benchmarks.horovod_worker --settings JSON --out PATH
 """
@@ -60,8 +62,13 @@ def run(settings: dict, seed: int) -> dict:
     dist.broadcast_variables(trainer.variables)
     batches = synthetic_batches(shapes, DISTINCT_BATCHES, seed + dist.rank)  # each rank its own data
     tensors = [{name: tf.constant(value) for name, value in batch.items()} for batch in batches]
+    accumulate = config.accumulate_steps
+
+    def micro_batches(step: int) -> list[dict[str, tf.Tensor]]:
+        return [tensors[(step * accumulate + index) % len(tensors)] for index in range(accumulate)]
+
     for step in range(timing.warmup_steps):
-        trainer.train_step(tensors[step % len(tensors)], config.learning_rate)
+        trainer.optimizer_step(micro_batches(step), config.learning_rate)
 
     control = (
         StepControl(dist, StopRequest(), config.checkpoint_every_minutes) if settings.get("control") else None
@@ -70,11 +77,11 @@ def run(settings: dict, seed: int) -> dict:
     def run_once() -> float:
         dist.barrier()  # every rank starts the clock together
         for step in range(timing.steps):
-            trainer.train_step(tensors[step % len(tensors)], config.learning_rate)
+            trainer.optimizer_step(micro_batches(step), config.learning_rate)
             if control is not None:
                 control.after_step()
         dist.barrier()  # and stops it when the slowest rank is done
-        return timing.steps * shapes.batch_size * dist.size
+        return timing.steps * accumulate * shapes.batch_size * dist.size
 
     summary = summary_of(timed_rates(run_once, timing.repetitions))
     checkpoint_seconds = _time_checkpoint(trainer) if control is not None and dist.is_chief else None

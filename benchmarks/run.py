@@ -3,10 +3,10 @@
 Usage: python -m benchmarks.run [--quick] [--only GROUP ...] [--out benchmarks/results] [--params params.yaml]
        python -m benchmarks.run --table      (print the table of the results file, measure nothing)
 
-Groups: training, decoding, scaling, ceiling, checkpointing, precision, determinism, parameters, tokenize,
-serving (skipped, with a message, when --model-dir has no model). Each
-figure is stored under its own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``);
-``--only`` re-measures some groups and keeps the other figures of an existing results file.
+Groups: training, batching, decoding, scaling, ceiling, checkpointing, precision, determinism, parameters,
+tokenize, serving (skipped, with a message, when --model-dir has no model). Each figure is stored under its
+own key with its target beside it (``{"value": ..., "target": ..., "met": ...}``); ``--only`` re-measures
+some groups and keeps the other figures of an existing results file.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    batching_speed,
     ceiling,
     common,
     decoding_speed,
@@ -48,6 +49,7 @@ from summarizer.tokenization import PAD_ID, Tokenizer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUPS = (
     "training",
+    "batching",
     "decoding",
     "scaling",
     "ceiling",
@@ -75,6 +77,7 @@ TARGETS = {
     "beam4_summaries_per_second": 165.0,
     "beam4_speedup": 25.0,
     "scaling_efficiency": 0.8,
+    "scaling_accumulated_efficiency": 0.85,  # issue 19: with gradient accumulation, at the peer's shapes
     "determinism_cost_percent": 5.0,  # "where it costs little": op determinism may slow the step by this much
     "gru_fewer_recurrent_percent": 25.0,
     "tokenize_rss_ratio": 1.2,  # "flat": peak RSS grows by at most 20% when the corpus grows
@@ -97,6 +100,7 @@ class Plan:
     timing: Timing
     scaling_timing: Timing
     scaling_rounds: int  # 1 and 2 workers are measured alternately, this many times each
+    accumulate_steps: int  # micro-batches per optimizer step in the scaling group's accumulated figures
     determinism_rounds: int  # op determinism off and on are measured alternately, this many times each
     decoding: EvaluateConfig  # params.yaml's evaluate section
     decode_texts: int
@@ -171,6 +175,7 @@ def full_plan(params: Params) -> Plan:
         timing=Timing(warmup_steps=8, steps=8, repetitions=5),
         scaling_timing=Timing(warmup_steps=6, steps=16, repetitions=5),
         scaling_rounds=2,
+        accumulate_steps=4,
         determinism_rounds=2,
         decoding=params.evaluate,
         decode_texts=8 * params.evaluate.batch_size,
@@ -206,6 +211,7 @@ def quick_plan(params: Params) -> Plan:
         timing=Timing(warmup_steps=1, steps=2, repetitions=2),
         scaling_timing=Timing(warmup_steps=1, steps=2, repetitions=2),
         scaling_rounds=1,
+        accumulate_steps=2,
         determinism_rounds=1,
         decoding=replace(params.evaluate, batch_size=4),
         decode_texts=8,
@@ -258,6 +264,52 @@ def run_training(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
             defaults["samples_per_second"] / classic["samples_per_second"], "x classic"
         ),
     }
+
+
+def run_batching(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
+    """Our default model's step on ``examples`` vs ``tokens`` batches of the default corpus' lengths.
+
+    The full run reads ``data/tokenized`` when the tokenize stage has written it (else, and with --quick, a
+    synthetic corpus shaped like it); the token budget is ``batch_size * max_source_tokens``.
+    """
+    shapes = plan.default_shapes
+    data_dir = None if plan.quick else REPO_ROOT / "data" / "tokenized"
+    result = batching_speed.compare(
+        plan.defaults,
+        data_dir,
+        shapes.source_length,
+        shapes.target_length,
+        shapes.vocab_size,
+        plan.timing,
+        SEED,
+    )
+    examples, tokens = result["examples"], result["tokens"]
+    details = {"corpus": result["corpus"]}
+    figures = {}
+    for kind, measured, batch_size in (
+        ("examples", examples, plan.defaults.batch_size),
+        ("tokens", tokens, result["token_budget"]),
+    ):
+        batch = {
+            "batch_size": batch_size,
+            "examples_per_batch": round(measured["examples_per_batch"], 1),
+            "repetitions": measured["repetitions"],
+        }
+        figures[f"batching_{kind}_samples_per_second"] = figure(
+            measured["samples_per_second"], "samples/s", **batch, **details
+        )
+        figures[f"batching_{kind}_target_tokens_per_second"] = figure(
+            measured["target_tokens_per_second"], "tokens/s", repetitions=measured["token_repetitions"]
+        )
+        for name in ("source", "target"):
+            figures[f"batching_{kind}_{name}_padding_percent"] = figure(
+                measured[f"{name}_padding_percent"], f"% of {name} positions"
+            )
+    figures["batching_tokens_speedup"] = figure(
+        tokens["target_tokens_per_second"] / examples["target_tokens_per_second"],
+        "x examples (target tokens/s)",
+    )
+    return figures
 
 
 def _rate_figure(
@@ -335,32 +387,38 @@ def _decoding_figures(
 
 
 def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
-    """horovodrun -np 1 and -np 2 (one thread each) with our model at the peer's sizes.
+    """horovodrun -np 1 and -np 2 (one thread each) with our model at the peer's sizes; then the same with
+    ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient allreduce per that many batches).
 
-    The two are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this shared
-    machine does not fall on one worker count only; each figure is the median of all its repetitions.
+    The worker counts are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this
+    shared machine does not fall on one worker count only; each figure is the median of all its repetitions.
     """
-    repetitions: dict[int, list[float]] = {1: [], 2: []}
-    threads = {}
-    for _ in range(plan.scaling_rounds):
-        for workers in repetitions:
-            result = scaling.run_workers(
-                workers, plan.peer, plan.peer_shapes, plan.scaling_timing, plan.horovod_timeout_seconds
-            )
-            repetitions[workers].extend(result["repetitions"])
-            threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
-    one, two = (common.summary_of(repetitions[workers])["median"] for workers in (1, 2))
-    return {
-        "scaling_one_worker_samples_per_second": figure(
-            one, "samples/s", repetitions=repetitions[1], **threads
-        ),
-        "scaling_two_workers_samples_per_second": figure(
-            two, "samples/s", repetitions=repetitions[2], **threads
-        ),
-        "scaling_efficiency": figure(
-            scaling.scaling_efficiency(one, two), "fraction", TARGETS["scaling_efficiency"]
-        ),
-    }
+    figures = {}
+    accumulated = replace(plan.peer, accumulate_steps=plan.accumulate_steps)
+    for prefix, config in (("scaling", plan.peer), ("scaling_accumulated", accumulated)):
+        repetitions: dict[int, list[float]] = {1: [], 2: []}
+        threads = {}
+        for _ in range(plan.scaling_rounds):
+            for workers in repetitions:
+                result = scaling.run_workers(
+                    workers, config, plan.peer_shapes, plan.scaling_timing, plan.horovod_timeout_seconds
+                )
+                repetitions[workers].extend(result["repetitions"])
+                threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
+        one, two = (common.summary_of(repetitions[workers])["median"] for workers in (1, 2))
+        details = {**threads, "accumulate_steps": config.accumulate_steps}
+        figures |= {
+            f"{prefix}_one_worker_samples_per_second": figure(
+                one, "samples/s", repetitions=repetitions[1], **details
+            ),
+            f"{prefix}_two_workers_samples_per_second": figure(
+                two, "samples/s", repetitions=repetitions[2], **details
+            ),
+            f"{prefix}_efficiency": figure(
+                scaling.scaling_efficiency(one, two), "fraction", TARGETS[f"{prefix}_efficiency"]
+            ),
+        }
+    return figures
 
 
 def _ceiling_models(plan: Plan) -> dict[str, tuple[TrainConfig, Shapes, str]]:
@@ -774,6 +832,7 @@ def run_serving(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Plan, argparse.Namespace], dict[str, Any]]] = {
     "training": run_training,
+    "batching": run_batching,
     "decoding": run_decoding,
     "scaling": run_scaling,
     "ceiling": run_ceiling,

@@ -14,11 +14,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import ceiling, classic, decoding_speed, flops, run, scaling, serving, tokenize_speed
+from benchmarks import (
+    batching_speed,
+    ceiling,
+    classic,
+    decoding_speed,
+    flops,
+    run,
+    scaling,
+    serving,
+    tokenize_speed,
+)
 from benchmarks.common import Shapes, figure, synthetic_batch, target_tokens
 from summarizer import records
 from summarizer.config import EvaluateConfig, TrainConfig
 from summarizer.model import build_model
+from summarizer.records import source_lengths
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
 from tests.conftest import REPO_ROOT
 from tests.helpers import build_model_directory, write_ingested_split
@@ -112,6 +123,13 @@ def test_scaling_efficiency_and_worker_environment() -> None:
     assert environment["TF_NUM_INTRAOP_THREADS"] == "1" and environment["TF_NUM_INTEROP_THREADS"] == "1"
     command = scaling.horovodrun_command(2, TrainConfig(), {"train": {}}, Path("out.json"))
     assert command[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
+
+
+def test_synthetic_batching_corpus_is_shaped_like_the_default_corpus(tmp_path: Path) -> None:
+    files = batching_speed.write_synthetic_corpus(tmp_path, 2000, 80, 16, 300, seed=0)
+    lengths = source_lengths(files)
+    assert len(lengths) == 2000 and max(lengths) == 80 and min(lengths) >= 20
+    assert lengths.count(80) / len(lengths) == pytest.approx(batching_speed.CAPPED_SOURCE_FRACTION, abs=0.04)
 
 
 def test_markdown_table_lists_figures_in_group_order() -> None:
@@ -311,7 +329,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["versions"]["tensorflow"] == tf.__version__
     assert set(results["groups"]) == set(run.GROUPS)
     keys = run.figure_keys(results)
-    assert len(keys) == 40 + 24  # the ceiling's: 3 peaks, 5 per model of ours, 2 scaling, 4 padding
+    assert len(keys) == 52 + 24  # the ceiling's: 3 peaks, 5 per model of ours, 2 scaling, 4 padding
     for key in keys:
         assert {"value", "unit", "target", "met"} <= set(results[key]), key
         assert f"| {key} |" in result.stdout
@@ -332,6 +350,15 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
         == 20 * results["tokenize_megabytes_per_second"]["examples"]
     )
     assert results["scaling_one_worker_samples_per_second"]["intra_op_threads"] == 1
+    assert results["scaling_accumulated_two_workers_samples_per_second"]["accumulate_steps"] == 2
+    assert results["scaling_accumulated_efficiency"]["target"] == 0.85
+    assert value["batching_tokens_speedup"] == pytest.approx(
+        value["batching_tokens_target_tokens_per_second"]
+        / value["batching_examples_target_tokens_per_second"],
+        rel=1e-3,
+    )
+    assert results["batching_tokens_samples_per_second"]["corpus"].startswith("synthetic")
+    assert 0 < value["batching_examples_source_padding_percent"] < 100
     assert value["checkpoint_save_seconds"] > 0 and value["checkpointing_on_samples_per_second"] > 0
     assert results["checkpointing_cost_percent"]["met"] == (value["checkpointing_cost_percent"] <= 3.0)
     assert value["determinism_cost_percent"] == pytest.approx(

@@ -65,6 +65,15 @@ def test_a_missing_section_or_key_takes_its_default() -> None:
             "ingest.source: expected one of debian, debian-live, file, got 'apt'",
         ),
         ({"ingest": {"max_records": -1}}, "ingest.max_records: expected an integer >= 0 (0 = all records)"),
+        ({"train": {"accumulate_steps": 0}}, "train.accumulate_steps: expected an integer >= 1, got 0"),
+        ({"train": {"bucket_width": 0}}, "train.bucket_width: expected an integer >= 1, got 0"),
+        ({"train": {"batch_type": "sentences"}}, "train.batch_type: expected one of examples, tokens"),
+        (
+            {"train": {"batch_type": "tokens", "batch_size": 64}},
+            "train.batch_size: with train.batch_type tokens it is a budget of source tokens per batch and "
+            "must hold one example of the longest source: expected >= tokenize.max_source_tokens (80), "
+            "got 64",
+        ),
     ],
 )
 def test_a_bad_value_fails_naming_its_key(values: dict, message: str) -> None:
@@ -88,3 +97,11 @@ def test_flat_keys_are_dotted_for_mlflow() -> None:
     flat = Params().to_flat_dict()
     assert flat["tokenize.num_threads"] == 2 and "train.horovod.cycle_time_ms" in flat
     assert params_from_dict(Params().to_nested_dict()) == Params()
+
+
+def test_batching_defaults_are_todays_batches_and_a_token_budget_may_be_set() -> None:
+    train = Params().train
+    assert (train.batch_type, train.batch_size, train.accumulate_steps) == ("examples", 64, 1)
+    values = {"batch_type": "tokens", "batch_size": 80, "accumulate_steps": 4}
+    tokens = params_from_dict({"train": values}).train
+    assert (tokens.batch_type, tokens.batch_size, tokens.accumulate_steps) == ("tokens", 80, 4)

@@ -18,9 +18,12 @@ from summarizer.config import TokenizeConfig
 from summarizer.records import (
     FEATURES,
     SplitStats,
+    full_batches,
     list_shards,
     make_example,
     read_dataset,
+    source_lengths,
+    token_buckets,
     tokenize_splits,
     write_split,
 )
@@ -229,6 +232,45 @@ def test_bucketing_batches_similar_lengths_and_keeps_every_example(
         lengths = np.count_nonzero(batch["source_ids"].numpy(), axis=1)
         assert (lengths < 48).all() or (lengths >= 48).all()
     assert Counter(batches_as_examples(batches)) == Counter(
+        batches_as_examples(read_dataset(files, 16, shuffle=False))
+    )
+
+
+def test_token_buckets_keep_a_batch_within_its_budget_of_source_tokens() -> None:
+    buckets = token_buckets(budget=100, max_length=40, width=8)
+    assert buckets.boundaries == (9, 17, 25, 33)  # longest sources 8, 16, 24, 32 and 40
+    assert buckets.batch_sizes == (12, 6, 4, 3, 2)
+    assert [buckets.index(length) for length in (1, 8, 9, 16, 17, 33, 40, 55)] == [0, 0, 1, 1, 2, 4, 4, 4]
+    assert token_buckets(40, 40, 64).boundaries == () and token_buckets(40, 40, 64).batch_sizes == (1,)
+    with pytest.raises(ValueError, match="max_length 40, budget 30"):
+        token_buckets(30, 40, 8)
+    assert full_batches([3] * 12 + [12] * 7 + [40] * 5, buckets) == 1 + 1 + 2  # 12 // 12, 7 // 6, 5 // 2
+    assert full_batches([3] * 7, None, batch_size=3) == 2
+
+
+def test_token_batches_hold_one_bucket_within_budget_and_their_count_is_known_before_reading(
+    ingested: Path, tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    files = written_train(tmp_path, ingested, tokenizer, num_shards=2)
+    shards = [shard_contents(path) for path in files]
+    assert source_lengths(files) == [len(source) for shard in shards for source, _ in shard]
+    for rank in (0, 1):
+        assert source_lengths(files, num_shards=2, shard_index=rank) == [
+            len(source) for source, _ in shards[rank]
+        ]
+    lengths = source_lengths(files)
+    buckets = token_buckets(budget=150, max_length=CONFIG.max_source_tokens, width=4)
+    counts = set()
+    for seed in (1, 2, 3):
+        batches = list(read_dataset(files, 1, shuffle=True, seed=seed, drop_remainder=True, buckets=buckets))
+        counts.add(len(batches))
+        for batch in batches:
+            source = batch["source_ids"].numpy()
+            assert source.size <= 150
+            assert len({buckets.index(int(length)) for length in np.count_nonzero(source, axis=1)}) == 1
+    assert counts == {full_batches(lengths, buckets)}  # whatever the shuffle
+    everything = list(read_dataset(files, 1, shuffle=True, seed=1, buckets=buckets))  # remainders too
+    assert Counter(batches_as_examples(everything)) == Counter(
         batches_as_examples(read_dataset(files, 16, shuffle=False))
     )
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from summarizer import training
+from summarizer import records, training
 from summarizer.config import TrainConfig
+from summarizer.distribution import LocalDistribution
+from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
 from tests.helpers import tiny_batch, tiny_trainer
 from tests.workers.launch import check, horovodrun
+from tests.workers.tiny_data import TOKENIZE, write_tokenized
 
 WORKERS = Path(__file__).parent / "workers"
 
@@ -116,12 +121,160 @@ def test_mixed_float16_step_gives_finite_loss_with_loss_scaling() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Gradient accumulation and token batches (one process)
+
+# (source, target) rows of unequal lengths; targets end with EOS. Ids < 30, tiny_trainer's vocabulary.
+ROWS = (
+    ([5, 6, 7], [8, 9, EOS_ID]),
+    ([10, 11, 12, 13, 14, 15], [16, EOS_ID]),
+    ([17, 18], [19, 20, 21, 22, EOS_ID]),
+    ([23, 24, 25, 26, 27], [28, EOS_ID]),
+    ([4, 29, 5, 6, 7, 8, 9], [10, 11, 12, EOS_ID]),
+)
+
+
+def batch_of(rows, source_time: int = 0, target_time: int = 0) -> dict[str, tf.Tensor]:
+    """Right-padded teacher-forcing batch of ``rows``, padded to at least the given lengths."""
+    source_time = max(source_time, *(len(source) for source, _ in rows))
+    target_time = max(target_time, *(len(target) for _, target in rows))
+    source = np.full((len(rows), source_time), PAD_ID, np.int32)
+    target = np.full((len(rows), target_time), PAD_ID, np.int32)
+    target_in = np.full((len(rows), target_time), PAD_ID, np.int32)
+    for row, (source_ids, target_ids) in enumerate(rows):
+        source[row, : len(source_ids)] = source_ids
+        target[row, : len(target_ids)] = target_ids
+        target_in[row, : len(target_ids)] = [BOS_ID, *target_ids[:-1]]
+    return {name: tf.constant(value) for name, value in (
+        ("source_ids", source), ("target_in", target_in), ("target_out", target)
+    )}  # fmt: skip
+
+
+ACCUMULATING = TrainConfig(
+    units=16, embedding_dim=8, dropout=0.0, coverage_weight=0.5, label_smoothing=0.1, accumulate_steps=2
+)
+
+
+@pytest.mark.parametrize("own_padding", [False, True], ids=["same-padding", "own-padding"])
+def test_accumulated_gradient_of_two_micro_batches_equals_the_gradient_of_the_whole_batch(
+    own_padding: bool,
+) -> None:
+    keras.utils.set_random_seed(3)
+    trainer = tiny_trainer(ACCUMULATING)
+    whole = batch_of(ROWS)
+    times = (0, 0) if own_padding else (whole["source_ids"].shape[1], whole["target_out"].shape[1])
+    micro_batches = [batch_of(ROWS[:2], *times), batch_of(ROWS[2:], *times)]
+    expected, whole_loss, whole_tokens = trainer.gradients(whole)
+    accumulated, loss_sum, tokens = trainer.accumulated_gradients(micro_batches)
+    assert tokens == float(whole_tokens) == 16.0
+    assert loss_sum == pytest.approx(float(whole_loss), rel=1e-5)
+    assert len(accumulated) == len(expected) > 10
+    for got, want in zip(accumulated, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+    assert max(float(np.abs(np.asarray(gradient)).max()) for gradient in expected) > 1e-2
+    again, _, _ = trainer.accumulated_gradients(micro_batches)  # the accumulators start from zero again
+    for first, second in zip(accumulated, again, strict=True):
+        np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_an_accumulated_step_is_one_optimizer_step_and_one_micro_batch_is_the_plain_step() -> None:
+    keras.utils.set_random_seed(3)
+    accumulating = tiny_trainer(ACCUMULATING)
+    accumulating.optimizer_step([batch_of(ROWS[:2]), batch_of(ROWS[2:])], 0.01)
+    assert int(accumulating.optimizer.iterations) == 1
+
+    config = TrainConfig(units=16, embedding_dim=8, dropout=0.0)
+    keras.utils.set_random_seed(3)
+    plain = tiny_trainer(config)
+    keras.utils.set_random_seed(3)
+    single = tiny_trainer(config)
+    for _ in range(2):
+        assert plain.train_step(batch_of(ROWS), 0.01) == single.optimizer_step([batch_of(ROWS)], 0.01)
+    assert not single._accumulators  # the one-batch path, never the accumulators
+    for left, right in zip(plain.model.get_weights(), single.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_an_accumulated_mixed_float16_step_scales_the_loss_and_updates_the_weights() -> None:
+    config = dataclasses.replace(ACCUMULATING, precision="mixed_float16")
+    trainer = tiny_trainer(config)
+    before = [np.asarray(variable).copy() for variable in trainer.model.trainable_variables]
+    for _ in range(3):  # the first steps may overflow at the initial loss scale and be skipped
+        loss_sum, tokens = trainer.optimizer_step([batch_of(ROWS[:2]), batch_of(ROWS[2:])], 0.01)
+        assert math.isfinite(loss_sum) and loss_sum > 0 and tokens == 16.0
+    assert any(
+        not np.array_equal(old, np.asarray(new))
+        for old, new in zip(before, trainer.model.trainable_variables, strict=True)
+    )
+
+
+def test_optimizer_steps_group_micro_batches() -> None:
+    assert list(training.optimizer_steps(range(6), 3)) == [[0, 1, 2], [3, 4, 5]]
+    assert list(training.optimizer_steps(range(2), 1)) == [[0], [1]]
+    with pytest.raises(ValueError, match="not a multiple of 2"):
+        list(training.optimizer_steps(range(3), 2))
+
+
+@pytest.fixture(scope="module")
+def train_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return records.list_shards(write_tokenized(tmp_path_factory.mktemp("data")), "train")
+
+
+def as_arrays(batches) -> list[tuple[np.ndarray, ...]]:
+    return [
+        tuple(batch[name].numpy() for name in ("source_ids", "target_in", "target_out")) for batch in batches
+    ]
+
+
+def first_rows(batches) -> list[tuple[int, ...]]:
+    return [tuple(batch["source_ids"].numpy()[0].tolist()) for batch in batches]
+
+
+def assert_same_batches(first, second) -> None:
+    assert len(first) == len(second)
+    for left, right in zip(as_arrays(first), as_arrays(second), strict=True):
+        for one, other in zip(left, right, strict=True):
+            np.testing.assert_array_equal(one, other)
+
+
+@pytest.mark.parametrize("batch_type", ["examples", "tokens"])
+def test_an_epoch_is_seeded_and_a_resume_sees_the_rest_of_its_micro_batches(
+    train_files: list[str], batch_type: str
+) -> None:
+    config = TrainConfig(batch_type=batch_type, batch_size=16 if batch_type == "examples" else 80, seed=5)
+    config = dataclasses.replace(config, accumulate_steps=2)
+    buckets = training.batch_buckets(config, TOKENIZE.max_source_tokens)
+    assert (buckets is None) == (batch_type == "examples")
+    local = LocalDistribution()
+    steps = training.steps_per_epoch(train_files, config, local, buckets)
+    lengths = records.source_lengths(train_files)
+    assert steps == records.full_batches(lengths, buckets, config.batch_size) // 2 >= 3
+    epoch = list(training.train_dataset(train_files, config, 2, steps, local, buckets=buckets))
+    assert len(epoch) == 2 * steps
+    assert_same_batches(
+        epoch, list(training.train_dataset(train_files, config, 2, steps, local, buckets=buckets))
+    )
+    resumed = list(training.train_dataset(train_files, config, 2, steps, local, skip=2, buckets=buckets))
+    assert_same_batches(resumed, epoch[4:])  # two optimizer steps of two micro-batches skipped
+    other_epoch = list(training.train_dataset(train_files, config, 3, steps, local, buckets=buckets))
+    assert first_rows(other_epoch) != first_rows(epoch)  # another epoch, another order
+    if buckets is not None:
+        for batch in epoch:  # within the budget, one bucket per batch
+            source = batch["source_ids"].numpy()
+            assert source.size <= config.batch_size
+            assert len({buckets.index(int(length)) for length in np.count_nonzero(source, axis=1)}) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Two workers under horovodrun
 
 
 @pytest.mark.slow
-def test_two_worker_gradient_on_split_batch_equals_one_worker_gradient_on_whole_batch(tmp_path: Path) -> None:
-    check(horovodrun([str(WORKERS / "gradient_worker.py"), str(tmp_path)]))
+@pytest.mark.parametrize("mode", ["", "accumulate"], ids=["one-batch", "accumulated"])
+def test_two_worker_gradient_on_split_batch_equals_one_worker_gradient_on_whole_batch(
+    tmp_path: Path, mode: str
+) -> None:
+    """Each rank's half as one batch, or as two accumulated micro-batches of one example each."""
+    check(horovodrun([str(WORKERS / "gradient_worker.py"), str(tmp_path), *([mode] if mode else [])]))
     chief, other = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
     assert (float(chief["tokens"]), float(other["tokens"])) == (5.0, 13.0)  # unequal halves
     count = len([name for name in chief.files if name.startswith("split_")])

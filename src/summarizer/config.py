@@ -164,7 +164,12 @@ class TrainConfig:
     coverage_weight: float = 0.0
     dropout: float = 0.1
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # examples: batch_size is examples per batch per worker. tokens: batch_size is a budget of padded source
+    # tokens per batch per worker; batches hold examples of similar source length (buckets bucket_width wide).
+    batch_type: Literal["examples", "tokens"] = "examples"
     batch_size: int = 64
+    bucket_width: int = 8  # tokens batches: source-length buckets of this many tokens
+    accumulate_steps: int = 1  # micro-batches whose gradients make one optimizer step
     epochs: int = 5
     learning_rate: float = 0.001
     warmup_steps: int = 200
@@ -181,7 +186,10 @@ class TrainConfig:
     horovod: HorovodConfig = field(default_factory=HorovodConfig)
 
     def validate(self, key: str) -> None:
-        positive_ints = ("workers", "encoder_layers", "embedding_dim", "units", "batch_size", "epochs")
+        positive_ints = (
+            "workers", "encoder_layers", "embedding_dim", "units", "batch_size", "bucket_width",
+            "accumulate_steps", "epochs",
+        )  # fmt: skip
         for name in positive_ints:
             _check(
                 getattr(self, name) >= 1,
@@ -306,6 +314,13 @@ class Params:
     def validate(self) -> None:
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate(section.name)
+        _check(
+            self.train.batch_type != "tokens" or self.train.batch_size >= self.tokenize.max_source_tokens,
+            "train.batch_size",
+            "with train.batch_type tokens it is a budget of source tokens per batch and must hold one "
+            "example of the longest source: expected >= tokenize.max_source_tokens "
+            f"({self.tokenize.max_source_tokens}), got {self.train.batch_size}",
+        )
 
     def to_nested_dict(self) -> dict[str, Any]:
         """The params as plain YAML-ready data (tuples as lists), e.g. to write a params file."""

@@ -11,6 +11,7 @@ Shards are ``{split}-{index:05d}-of-{count:05d}.tfrecord``; example ``i`` of a s
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import Counter
@@ -257,16 +258,78 @@ def _shard_files(files: Sequence[str], num_shards: int, shard_index: int) -> tup
     return list(files), num_shards > 1
 
 
+@dataclass(frozen=True)
+class Buckets:
+    """Source-length buckets for ``bucket_by_sequence_length``, each with its own batch size.
+
+    Bucket ``i`` holds sources of length ``boundaries[i-1] <= length < boundaries[i]`` (the first from 0, the
+    last without an upper end); ``batch_sizes`` has one entry more than ``boundaries``.
+    """
+
+    boundaries: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.batch_sizes) != len(self.boundaries) + 1 or min(self.batch_sizes) < 1:
+            raise ValueError(
+                f"Buckets: need len(boundaries) + 1 batch sizes >= 1, got {self.boundaries}, "
+                f"{self.batch_sizes}"
+            )
+
+    def index(self, length: int) -> int:
+        """The bucket of a source of ``length`` tokens (as ``bucket_by_sequence_length`` places it)."""
+        return bisect.bisect_right(self.boundaries, length)
+
+
+def token_buckets(budget: int, max_length: int, width: int) -> Buckets:
+    """Buckets ``width`` source tokens wide up to ``max_length``, each batch at most ``budget`` source tokens.
+
+    The buckets' longest sources are ``width, 2 * width, ..., max_length``; a bucket whose longest source is
+    ``upper`` takes ``budget // upper`` examples, so a batch padded to its longest source holds at most
+    ``budget`` source tokens (sources longer than ``max_length`` share the last bucket).
+    """
+    if not 1 <= max_length <= budget or width < 1:
+        raise ValueError(
+            "token_buckets: need 1 <= max_length <= budget and width >= 1, got "
+            f"max_length {max_length}, budget {budget}, width {width}"
+        )
+    uppers = [*range(width, max_length, width), max_length]
+    return Buckets(
+        boundaries=tuple(upper + 1 for upper in uppers[:-1]),
+        batch_sizes=tuple(budget // upper for upper in uppers),
+    )
+
+
+def full_batches(lengths: Iterable[int], buckets: Buckets | None, batch_size: int = 0) -> int:
+    """Full batches (``drop_remainder``) one pass over examples of these source lengths makes, in any order.
+
+    Without buckets: ``len(lengths) // batch_size``. With them, each bucket fills on its own, so the count
+    is the sum over buckets of its examples // its batch size, whatever the shuffle.
+    """
+    if buckets is None:
+        return sum(1 for _ in lengths) // batch_size
+    counts = Counter(buckets.index(length) for length in lengths)
+    return sum(count // buckets.batch_sizes[index] for index, count in counts.items())
+
+
 def _batch(
-    dataset: tf.data.Dataset, batch_size: int, drop_remainder: bool, bucket_boundaries: Sequence[int] | None
+    dataset: tf.data.Dataset,
+    batch_size: int,
+    drop_remainder: bool,
+    bucket_boundaries: Sequence[int] | None,
+    buckets: Buckets | None,
 ) -> tf.data.Dataset:
     padding = {name: tf.constant(PAD_ID, tf.int32) for name in ("source_ids", "target_in", "target_out")}
-    if not bucket_boundaries:
+    if buckets is None and bucket_boundaries:
+        buckets = Buckets(tuple(bucket_boundaries), (batch_size,) * (len(bucket_boundaries) + 1))
+    if buckets is not None and not buckets.boundaries:  # one bucket
+        batch_size, buckets = buckets.batch_sizes[0], None
+    if buckets is None:
         return dataset.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
     return dataset.bucket_by_sequence_length(
         element_length_func=lambda example: tf.shape(example["source_ids"])[0],
-        bucket_boundaries=list(bucket_boundaries),
-        bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+        bucket_boundaries=list(buckets.boundaries),
+        bucket_batch_sizes=list(buckets.batch_sizes),
         padding_values=padding,
         drop_remainder=drop_remainder,
     )
@@ -284,6 +347,7 @@ def read_dataset(
     drop_remainder: bool = False,
     shuffle_buffer: int = SHUFFLE_BUFFER,
     bucket_boundaries: Sequence[int] | None = None,
+    buckets: Buckets | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``source_ids``, ``target_in``, ``target_out``: int32 (batch, time), right-padded with PAD.
 
@@ -300,6 +364,10 @@ def read_dataset(
         repeat: repeat forever (the caller counts steps).
         bucket_boundaries: if given, batch examples of similar source length together
             (``bucket_by_sequence_length``); batches are then padded to their own longest source.
+        buckets: the same with a batch size per bucket (token batches, :func:`token_buckets`); ``batch_size``
+            is then unused. A bucket emits a batch when it is full: which batches come out depends only on
+            the order of the examples (so on ``seed``), and with ``drop_remainder`` one pass makes
+            :func:`full_batches` of them.
     """
     if not files:
         raise ValueError("read_dataset: no TFRecord files given")
@@ -314,18 +382,37 @@ def read_dataset(
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = _batch(dataset, batch_size, drop_remainder, bucket_boundaries)
+    dataset = _batch(dataset, batch_size, drop_remainder, bucket_boundaries, buckets)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def source_lengths(files: Sequence[str | Path], num_shards: int = 1, shard_index: int = 0) -> list[int]:
+    """The source length of every example in this rank's shard (sharded as :func:`read_dataset` does)."""
+    if not files:
+        raise ValueError("source_lengths: no TFRecord files given")
+    selected, shard_examples = _shard_files([str(path) for path in files], num_shards, shard_index)
+    dataset = tf.data.TFRecordDataset(selected)
+    if shard_examples:
+        dataset = dataset.shard(num_shards, shard_index)
+    ragged = {"source_ids": tf.io.RaggedFeature(tf.int64)}
+    dataset = dataset.batch(4096).map(
+        lambda serialized: tf.io.parse_example(serialized, ragged)["source_ids"].row_lengths()
+    )
+    return [int(length) for lengths in dataset.as_numpy_iterator() for length in lengths]
 
 
 __all__ = [
     "FEATURES",
+    "Buckets",
     "ShardedWriter",
     "SplitStats",
     "list_shards",
     "make_example",
+    "full_batches",
     "read_dataset",
     "run_tokenize",
+    "source_lengths",
+    "token_buckets",
     "tokenize_splits",
     "shard_name",
     "write_split",

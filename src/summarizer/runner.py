@@ -7,8 +7,9 @@ model directory (:mod:`summarizer.model_directory`), the metrics and the history
 What a fault leaves behind (each proved by a test with real processes, signals and servers):
 
 * **Checkpoints**: after every epoch, and inside an epoch every ``train.checkpoint_every_minutes`` (the
-  chief's clock, agreed at a control collective): weights, optimizer, loop state, the position in the epoch
-  and every rank's partial sums. Rerunning the stage with the same params and data resumes at that step
+  chief's clock, agreed at a control collective, always between two optimizer steps): weights, optimizer,
+  loop state, the position in the epoch (optimizer steps of ``train.accumulate_steps`` micro-batches) and
+  every rank's partial sums. Rerunning the stage with the same params and data resumes at that step
   with the same batches, in the same MLflow run, and ends with the weights of an uninterrupted run.
 * **SIGTERM / Ctrl-C** to any rank or to the launcher (:mod:`summarizer.preemption`): all ranks stop after
   the same step (within about a second), the chief checkpoints, the run ends KILLED tagged with the step it
@@ -46,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from summarizer import checkpoints, records, tracking
-from summarizer.config import Params, TrainConfig
+from summarizer.config import Params
 from summarizer.distribution import Distribution
 from summarizer.io import atomic_write_text, write_metrics
 from summarizer.metrics import perplexity
@@ -59,7 +60,9 @@ from summarizer.tokenization import Tokenizer
 from summarizer.training import (
     Trainer,
     TrainingState,
+    batch_buckets,
     learning_rate_at,
+    optimizer_steps,
     steps_per_epoch,
     train_dataset,
     update_after_epoch,
@@ -160,10 +163,20 @@ def _chief_run(
             yield
 
 
-def _training_data(
-    data_dir: Path, config: TrainConfig, distribution: Distribution
-) -> tuple[Sequence[str], tf.data.Dataset, int]:
+@dataclass(frozen=True)
+class _Data:
+    """This rank's train shards and val batches, the batch buckets and the optimizer steps of an epoch."""
+
+    train_files: Sequence[str]
+    val_dataset: tf.data.Dataset
+    buckets: records.Buckets | None  # None: batches of train.batch_size examples
+    steps: int  # optimizer steps per epoch, the same on every rank
+
+
+def _training_data(data_dir: Path, params: Params, distribution: Distribution) -> _Data:
     """This rank's train shards, its val batches and the number of steps per epoch all ranks run."""
+    config = params.train
+    buckets = batch_buckets(config, params.tokenize.max_source_tokens)
     train_files = records.list_shards(data_dir, "train")
     val_dataset = records.read_dataset(
         records.list_shards(data_dir, "val"),
@@ -171,8 +184,10 @@ def _training_data(
         shuffle=False,
         num_shards=distribution.num_shards,
         shard_index=distribution.shard_index,
+        buckets=buckets,
     )
-    return train_files, val_dataset, steps_per_epoch(train_files, config.batch_size, distribution)
+    steps = steps_per_epoch(train_files, config, distribution, buckets)
+    return _Data(train_files, val_dataset, buckets, steps)
 
 
 @dataclass
@@ -180,7 +195,7 @@ class _Loop:
     """What the epoch loop works with on every rank (``checkpoint`` and ``tracker`` on the chief only)."""
 
     trainer: Trainer
-    data: tuple[Sequence[str], tf.data.Dataset, int]
+    data: _Data
     checkpoint: Path | None
     tracker: SpooledTracker | None
     stop: StopRequest
@@ -203,7 +218,7 @@ def _train(
     config, started = params.train, time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.precision)
-    data = _training_data(paths.data_dir, config, distribution)
+    data = _training_data(paths.data_dir, params, distribution)
     vocab_size = Tokenizer.load(paths.data_dir / "spm.model").vocab_size
     trainer = Trainer(build_model(config, vocab_size), config, distribution)
     trainer.build()
@@ -315,32 +330,38 @@ def _lost_rank(loop: _Loop, state: TrainingState, error: BaseException) -> None:
     raise tracking.RunTerminated(1) from error
 
 
-def _train_epoch(loop: _Loop, state: TrainingState) -> tuple[float, float, float, float]:
-    """Run the epoch's remaining steps (advancing ``state``); checkpoint or stop where the control says.
+def _train_epoch(loop: _Loop, state: TrainingState) -> tuple[dict[str, float], float, float]:
+    """Run the epoch's remaining optimizer steps (advancing ``state``); checkpoint or stop where the control
+    says (only between optimizer steps, so a resume never splits one).
 
     Returns:
-        This rank's loss sum and token count over the whole epoch, the last LR, and the train seconds.
+        This rank's loss, target token and example sums over the whole epoch, the last LR, the train seconds.
     """
-    trainer, distribution, (train_files, _, steps) = loop.trainer, loop.distribution, loop.data
+    trainer, distribution, data = loop.trainer, loop.distribution, loop.data
     config, epoch = trainer.config, state.epoch + 1
-    partial = (
-        state.epoch_partials[distribution.rank] if state.epoch_partials else {"loss": 0.0, "tokens": 0.0}
-    )
-    loss_sum, tokens, learning_rate = partial["loss"], partial["tokens"], state.epoch_learning_rate
+    partial = {"loss": 0.0, "tokens": 0.0, "examples": 0.0}
+    if state.epoch_partials:
+        partial |= state.epoch_partials[distribution.rank]
+    learning_rate = state.epoch_learning_rate
     started, seconds_before = time.perf_counter(), state.epoch_train_seconds
-    progress = EpochProgress(epoch, steps, state.epoch_step) if distribution.is_chief else None
+    progress = EpochProgress(epoch, data.steps, state.epoch_step) if distribution.is_chief else None
     loop.control.restart_clock()
-    for batch in train_dataset(train_files, config, epoch, steps, distribution, skip=state.epoch_step):
+    batches = train_dataset(
+        data.train_files, config, epoch, data.steps, distribution, skip=state.epoch_step, buckets=data.buckets
+    )
+    for micro_batches in optimizer_steps(batches, config.accumulate_steps):
         learning_rate = learning_rate_at(config, distribution.size, state.step, state.lr_scale)
-        batch_loss, batch_tokens = trainer.train_step(batch, learning_rate)
-        loss_sum, tokens = loss_sum + batch_loss, tokens + batch_tokens
+        batch_loss, batch_tokens = trainer.optimizer_step(micro_batches, learning_rate)
+        partial["loss"] += batch_loss
+        partial["tokens"] += batch_tokens
+        partial["examples"] += sum(int(batch["target_out"].shape[0]) for batch in micro_batches)
         state.step, state.epoch_step = state.step + 1, state.epoch_step + 1
         if progress is not None:
-            progress.update(state.epoch_step, loss_sum / max(tokens, 1.0))
+            progress.update(state.epoch_step, partial["loss"] / max(partial["tokens"], 1.0))
         decision = loop.control.after_step()
         if decision.checkpoint or decision.stop:
             # Allgather: every rank's partial sums, so the resumed epoch reports what this one would have.
-            state.epoch_partials = distribution.allgather_object({"loss": loss_sum, "tokens": tokens})
+            state.epoch_partials = distribution.allgather_object(dict(partial))
             state.epoch_train_seconds = seconds_before + time.perf_counter() - started
             state.epoch_learning_rate = learning_rate
             if decision.stop:
@@ -350,19 +371,19 @@ def _train_epoch(loop: _Loop, state: TrainingState) -> tuple[float, float, float
                 progress.checkpointed(state.epoch_step)
     if progress is not None:
         progress.close()
-    return loss_sum, tokens, learning_rate, seconds_before + time.perf_counter() - started
+    return partial, learning_rate, seconds_before + time.perf_counter() - started
 
 
 def _run_epoch(loop: _Loop, state: TrainingState) -> TrainingState:
     """One epoch of training and validation; returns the chief's updated state, as every rank must agree."""
-    (_, val_dataset, steps), trainer, distribution = loop.data, loop.trainer, loop.distribution
+    trainer, distribution = loop.trainer, loop.distribution
     config, start = trainer.config, time.perf_counter()
     seconds_before = state.epoch_train_seconds
-    loss_sum, tokens, learning_rate, train_seconds = _train_epoch(loop, state)
-    totals = distribution.average({"loss": loss_sum, "tokens": tokens})
-    val_loss = trainer.evaluate(val_dataset)
+    sums, learning_rate, train_seconds = _train_epoch(loop, state)
+    totals = distribution.average(sums)
+    val_loss = trainer.evaluate(loop.data.val_dataset)
     seconds = seconds_before + time.perf_counter() - start
-    samples = steps * config.batch_size * distribution.size
+    samples = round(totals["examples"] * distribution.size)  # all ranks' (token batches: unequal) examples
     row = {
         "epoch": state.epoch + 1,
         "train_loss": totals["loss"] / max(totals["tokens"], 1.0),

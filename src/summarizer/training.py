@@ -9,6 +9,13 @@ Exact loss weighting across ranks: each rank computes the *sum* of its per-token
 average of the ranks' gradients is then the gradient of the token-weighted mean loss over the global batch,
 whatever the number of tokens each rank holds: the gradient one process would get on the whole batch.
 
+Gradient accumulation (``train.accumulate_steps`` = N > 1): an optimizer step takes N micro-batches per
+rank. Their target tokens are counted first and summed over ranks (one allreduce), each micro-batch's loss
+sum is scaled by ``size / global_tokens`` and its gradients are added into accumulators (no collective), then
+one grouped allreduce averages the accumulated gradients and the optimizer applies them once: the gradient of
+the token-weighted mean loss over all N micro-batches of all ranks, as one batch N times as large would give.
+N = 1 runs exactly the one-batch step above (same ops, same bits).
+
 Mixed precision: ``float16`` wraps AdamW in a dynamic ``keras.optimizers.LossScaleOptimizer``. Gradients of
 the scaled loss are averaged *before* the optimizer unscales them and checks them for inf/NaN, so every rank
 sees the same averaged gradients and skips an overflowing step together (loss scales stay equal).
@@ -17,7 +24,7 @@ sees the same averaged gradients and skips an overflowing step together (loss sc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +40,7 @@ from summarizer.tokenization import PAD_ID
 _BATCH_SPEC = {
     name: tf.TensorSpec([None, None], tf.int32) for name in ("source_ids", "target_in", "target_out")
 }
+Batch = dict[str, tf.Tensor]
 
 
 @dataclass
@@ -51,8 +59,9 @@ class TrainingState:
     stopped_by: str = ""  # early_stopping | epochs | wall_clock (the opt-in train.max_wall_minutes cap)
     stop_reason: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
-    # Inside an epoch (a checkpoint between two epochs has epoch_step 0): the steps done of epoch + 1, and
-    # what the rest of the epoch adds to: every rank's loss and token sums, train seconds, the last LR.
+    # Inside an epoch (a checkpoint between two epochs has epoch_step 0): the optimizer steps done of
+    # epoch + 1 (train.accumulate_steps micro-batches each, so a resume lands on an optimizer step), and what
+    # the rest of the epoch adds to: every rank's loss, token and example sums, train seconds, the last LR.
     epoch_step: int = 0
     epoch_partials: list[dict[str, float]] = field(default_factory=list)
     epoch_train_seconds: float = 0.0
@@ -123,6 +132,13 @@ class Trainer:
         self._loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self._train_step = tf.function(self._step, input_signature=[_BATCH_SPEC])
         self._evaluate_step = tf.function(self._evaluate, input_signature=[_BATCH_SPEC])
+        # Gradient accumulation (built on first use): one gradient sum per trainable variable, zero between
+        # optimizer steps, so never checkpointed or broadcast.
+        self._accumulators: list[tf.Variable] = []
+        scale_spec = tf.TensorSpec([], tf.float32)
+        self._accumulate_step = tf.function(self._accumulate, input_signature=[_BATCH_SPEC, scale_spec])
+        self._apply_accumulated_step = tf.function(self._apply_accumulated)
+        self._drained_gradients = tf.function(self._drain)
 
     def build(self) -> None:
         """Create the optimizer's variables (the model's exist) before restoring or broadcasting them."""
@@ -164,9 +180,71 @@ class Trainer:
         return loss_sum, tokens
 
     def train_step(self, batch: dict[str, tf.Tensor], learning_rate: float) -> tuple[float, float]:
+        """One optimizer step on one batch; this rank's loss sum and target token count."""
         self.optimizer.learning_rate = learning_rate
         loss_sum, tokens = self._train_step(batch)
         return float(loss_sum), float(tokens)
+
+    def optimizer_step(self, micro_batches: Sequence[Batch], learning_rate: float) -> tuple[float, float]:
+        """One optimizer step on this rank's micro-batches (every rank passes as many); loss sum and tokens.
+
+        One micro-batch is :meth:`train_step`. More accumulate their gradients and apply them once.
+        """
+        if len(micro_batches) == 1:
+            return self.train_step(micro_batches[0], learning_rate)
+        self.optimizer.learning_rate = learning_rate
+        loss_sum, tokens = self._accumulate_all(micro_batches)
+        self._apply_accumulated_step()
+        return loss_sum, tokens
+
+    def accumulated_gradients(self, micro_batches: Sequence[Batch]) -> tuple[list[tf.Tensor], float, float]:
+        """Averaged gradients of the token-weighted mean loss over every rank's micro-batches (not applied).
+
+        What :meth:`optimizer_step` applies for more than one micro-batch; this rank's loss sum and tokens.
+        """
+        loss_sum, tokens = self._accumulate_all(micro_batches)
+        return list(self._drained_gradients()), loss_sum, tokens
+
+    def _accumulate_all(self, micro_batches: Sequence[Batch]) -> tuple[float, float]:
+        """Add every micro-batch's share of the gradient to the accumulators; this rank's loss sum, tokens."""
+        if not self._accumulators:
+            self._accumulators = [
+                tf.Variable(tf.zeros_like(variable.value), trainable=False)
+                for variable in self.model.trainable_variables
+            ]
+        counts = [_target_tokens(batch) for batch in micro_batches]
+        # Allreduce: the optimizer step's target tokens over all micro-batches of all ranks weight each loss.
+        global_tokens = tf.maximum(self.distribution.sum(tf.add_n(counts)), 1.0)
+        scale = tf.cast(self.distribution.size, tf.float32) / global_tokens
+        loss_sum = 0.0
+        for batch in micro_batches:
+            loss_sum += float(self._accumulate_step(batch, scale))
+        return loss_sum, float(tf.add_n(counts))
+
+    def _accumulate(self, batch: Batch, scale: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            outputs = self._forward(batch, training=True)
+            loss_sum, _, _ = token_losses(
+                outputs, batch["target_out"], self.config.label_smoothing, self.config.coverage_weight
+            )
+            loss = loss_sum * scale
+            if self._loss_scaling:
+                loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(loss, [variable.value for variable in self.model.trainable_variables])
+        for accumulator, gradient in zip(self._accumulators, gradients, strict=True):
+            accumulator.assign_add(tf.convert_to_tensor(gradient))  # embeddings' IndexedSlices made dense
+        return loss_sum
+
+    def _drain(self) -> list[tf.Tensor]:
+        """The accumulated gradients averaged over ranks (one grouped allreduce); the accumulators zeroed."""
+        sums = [accumulator.read_value() for accumulator in self._accumulators]
+        averaged = self.distribution.average_gradients(sums, self.config.horovod.fp16_allreduce)
+        for accumulator in self._accumulators:
+            accumulator.assign(tf.zeros_like(accumulator))
+        return averaged
+
+    def _apply_accumulated(self) -> None:
+        self.optimizer.apply(self._drain(), self.model.trainable_variables)
 
     def _evaluate(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         outputs = self.model.score(batch, training=False)
@@ -189,22 +267,40 @@ def _inputs(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {"source_ids": batch["source_ids"], "target_in": batch["target_in"]}
 
 
-def steps_per_epoch(files: Sequence[str], batch_size: int, distribution: Distribution) -> int:
-    """Steps every rank runs per epoch: its smallest shard's examples // batch size (at least one).
+def _target_tokens(batch: Batch) -> tf.Tensor:
+    return tf.reduce_sum(tf.cast(tf.not_equal(batch["target_out"], PAD_ID), tf.float32))
 
-    Every rank must run the same number of steps, or the next gradient allreduce waits forever.
+
+def batch_buckets(config: TrainConfig, max_source_tokens: int) -> records.Buckets | None:
+    """None for ``examples`` batches; for ``tokens`` batches, source-length buckets within the budget."""
+    if config.batch_type == "examples":
+        return None
+    return records.token_buckets(config.batch_size, max_source_tokens, config.bucket_width)
+
+
+def steps_per_epoch(
+    files: Sequence[str],
+    config: TrainConfig,
+    distribution: Distribution,
+    buckets: records.Buckets | None = None,
+) -> int:
+    """Optimizer steps every rank runs per epoch: the fewest full batches of any rank's shard, divided by
+    ``accumulate_steps`` (at least one).
+
+    Every rank must run the same number of steps, or the next gradient allreduce waits forever. The count of
+    full batches of a shard follows from its source lengths alone (:func:`records.full_batches`), whatever
+    the epoch's shuffle; the minimum over ranks is taken by a collective, so every rank gets the same number.
     """
-    dataset = records.read_dataset(
-        files, 512, shuffle=False, num_shards=distribution.num_shards, shard_index=distribution.shard_index
+    lengths = records.source_lengths(
+        files, num_shards=distribution.num_shards, shard_index=distribution.shard_index
     )
-    examples = sum(int(batch["target_out"].shape[0]) for batch in dataset)
-    fewest = distribution.minimum(examples)
-    if fewest == 0:
+    if distribution.minimum(len(lengths)) == 0:
         raise ValueError(
             f"a rank holds no training examples: {len(files)} train shard(s) for "
             f"{distribution.size} workers; write more shards or use fewer workers"
         )
-    return max(1, fewest // batch_size)
+    fewest = distribution.minimum(records.full_batches(lengths, buckets, config.batch_size))
+    return max(1, fewest // config.accumulate_steps)
 
 
 def train_dataset(
@@ -214,11 +310,14 @@ def train_dataset(
     steps: int,
     distribution: Distribution,
     skip: int = 0,
+    buckets: records.Buckets | None = None,
 ) -> tf.data.Dataset:
-    """This rank's batches for ``epoch``, shuffled by ``seed + epoch``, after the first ``skip``.
+    """This rank's micro-batches for ``epoch``'s ``steps`` optimizer steps, shuffled by ``seed + epoch``,
+    after the first ``skip`` optimizer steps (``accumulate_steps`` micro-batches each).
 
-    The order depends only on the seed and the epoch: a run resumed at step ``skip`` of an epoch sees the
-    batches the uninterrupted run would have seen.
+    The order depends only on the seed and the epoch (bucketing fills its buckets from that order): a run
+    resumed at step ``skip`` of an epoch sees the batches the uninterrupted run would have seen. The stream
+    repeats, so every rank has its ``steps`` whatever its shard holds.
     """
     dataset = records.read_dataset(
         files,
@@ -229,15 +328,30 @@ def train_dataset(
         num_shards=distribution.num_shards,
         shard_index=distribution.shard_index,
         drop_remainder=True,
+        buckets=buckets,
     )
-    return dataset.take(steps).skip(skip)
+    return dataset.take(steps * config.accumulate_steps).skip(skip * config.accumulate_steps)
+
+
+def optimizer_steps(batches: Iterable[Batch], accumulate_steps: int) -> Iterator[list[Batch]]:
+    """The micro-batches of each optimizer step, ``accumulate_steps`` at a time."""
+    group: list[Batch] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == accumulate_steps:
+            yield group
+            group = []
+    if group:
+        raise ValueError(f"{len(group)} micro-batch(es) left over: not a multiple of {accumulate_steps}")
 
 
 __all__ = [
     "Trainer",
     "TrainingState",
+    "batch_buckets",
     "learning_rate_at",
     "make_optimizer",
+    "optimizer_steps",
     "steps_per_epoch",
     "train_dataset",
     "update_after_epoch",

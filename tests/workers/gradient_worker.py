@@ -1,9 +1,10 @@
 """Under ``horovodrun -np 2``: each rank takes half of one batch (unequal target tokens); average gradients.
 
 Rank 0 also computes the one-process gradient on the whole batch. Each rank writes ``rank<N>.npz`` with
-``split_<i>`` (the averaged gradients) and, on rank 0, ``whole_<i>``.
+``split_<i>`` (the averaged gradients) and, on rank 0, ``whole_<i>``. With ``accumulate``, each rank's half
+is two micro-batches of one example whose gradients are accumulated (``Trainer.accumulated_gradients``).
 
-Usage: python gradient_worker.py OUT_DIR
+Usage: python gradient_worker.py OUT_DIR [accumulate]
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def fixed_batch() -> dict[str, tf.Tensor]:
     }
 
 
-def main(out_dir: Path) -> None:
+def main(out_dir: Path, accumulate: bool = False) -> None:
     dist = distribution.init()
     config = TrainConfig(units=16, embedding_dim=8, dropout=0.0, coverage_weight=0.5, label_smoothing=0.1)
     keras.mixed_precision.set_dtype_policy("float32")
@@ -54,7 +55,11 @@ def main(out_dir: Path) -> None:
     dist.broadcast_variables(trainer.variables)
     batch = fixed_batch()
     half = {name: tensor[2 * dist.rank : 2 * dist.rank + 2] for name, tensor in batch.items()}
-    split, _, tokens = trainer.gradients(half)
+    if accumulate:
+        micro_batches = [{name: tensor[row : row + 1] for name, tensor in half.items()} for row in (0, 1)]
+        split, _, tokens = trainer.accumulated_gradients(micro_batches)
+    else:
+        split, _, tokens = trainer.gradients(half)
     arrays = {f"split_{index}": np.asarray(gradient) for index, gradient in enumerate(split)}
     arrays["tokens"] = np.asarray(tokens)
     if dist.is_chief:
@@ -64,4 +69,4 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), accumulate=sys.argv[2:] == ["accumulate"])
