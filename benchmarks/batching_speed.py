@@ -80,10 +80,16 @@ def padding_percent(batches: list[dict[str, tf.Tensor]], name: str) -> float:
 
 
 def measure(
-    config: TrainConfig, files: list[str], vocab_size: int, max_source: int, timing: Timing, seed: int
+    config: TrainConfig,
+    files: list[str],
+    vocab_size: int,
+    max_lengths: tuple[int, int],
+    timing: Timing,
+    seed: int,
 ) -> dict[str, Any]:
-    """Samples/s and target tokens/s of ``Trainer.train_step`` on ``config``'s batches of ``files``."""
-    buckets = training.batch_buckets(config, max_source)
+    """Samples/s and target tokens/s of ``Trainer.train_step`` on ``config``'s batches of ``files``, whose
+    sources and targets are at most ``max_lengths`` tokens long."""
+    buckets = training.batch_buckets(config, *max_lengths)
     needed = timing.warmup_steps + timing.steps * timing.repetitions
     dataset = records.read_dataset(
         files, config.batch_size, shuffle=True, seed=seed, repeat=True, drop_remainder=True, buckets=buckets
@@ -135,7 +141,7 @@ def compare(
     with tempfile.TemporaryDirectory(prefix="benchmark-batching-") as directory:
         files, vocab, source = corpus(data_dir, Path(directory), config, max_source, max_target, vocab_size)
         results = {
-            kind: measure(kind_config, files, vocab, max_source, timing, seed)
+            kind: measure(kind_config, files, vocab, (max_source, max_target), timing, seed)
             for kind, kind_config in (("examples", examples_config), ("tokens", tokens_config))
         }
     return {**results, "corpus": source, "token_budget": tokens_config.batch_size}

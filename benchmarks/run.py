@@ -47,6 +47,7 @@ from summarizer.model import build_model
 from summarizer.tokenization import PAD_ID, Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKER_WORDS = {1: "one_worker", 2: "two_workers", 4: "four_workers"}
 GROUPS = (
     "training",
     "batching",
@@ -99,7 +100,8 @@ class Plan:
     classic_timing: Timing
     timing: Timing
     scaling_timing: Timing
-    scaling_rounds: int  # 1 and 2 workers are measured alternately, this many times each
+    scaling_workers: tuple[int, ...]  # worker counts of the scaling group; the first is 1
+    scaling_rounds: int  # the worker counts are measured alternately, this many times each
     accumulate_steps: int  # micro-batches per optimizer step in the scaling group's accumulated figures
     determinism_rounds: int  # op determinism off and on are measured alternately, this many times each
     decoding: EvaluateConfig  # params.yaml's evaluate section
@@ -174,6 +176,7 @@ def full_plan(params: Params) -> Plan:
         classic_timing=Timing(warmup_steps=4, steps=6, repetitions=3),
         timing=Timing(warmup_steps=8, steps=8, repetitions=5),
         scaling_timing=Timing(warmup_steps=6, steps=16, repetitions=5),
+        scaling_workers=(1, 2, 4),
         scaling_rounds=2,
         accumulate_steps=4,
         determinism_rounds=2,
@@ -210,6 +213,7 @@ def quick_plan(params: Params) -> Plan:
         classic_timing=Timing(warmup_steps=1, steps=2, repetitions=2),
         timing=Timing(warmup_steps=1, steps=2, repetitions=2),
         scaling_timing=Timing(warmup_steps=1, steps=2, repetitions=2),
+        scaling_workers=(1, 2),
         scaling_rounds=1,
         accumulate_steps=2,
         determinism_rounds=1,
@@ -387,16 +391,20 @@ def _decoding_figures(
 
 
 def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
-    """horovodrun -np 1 and -np 2 (one thread each) with our model at the peer's sizes; then the same with
-    ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient allreduce per that many batches).
+    """horovodrun with 1, 2 (and, in the full run, 4) workers of one thread each, our model at the peer's
+    sizes; then the same with ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient
+    allreduce per that many batches).
 
     The worker counts are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this
     shared machine does not fall on one worker count only; each figure is the median of all its repetitions.
+    Each efficiency also records its spread: the efficiency of every round (that round's medians). Four
+    workers on a machine with fewer cores share them: that figure has no target.
     """
     figures = {}
     accumulated = replace(plan.peer, accumulate_steps=plan.accumulate_steps)
     for prefix, config in (("scaling", plan.peer), ("scaling_accumulated", accumulated)):
-        repetitions: dict[int, list[float]] = {1: [], 2: []}
+        repetitions: dict[int, list[float]] = {workers: [] for workers in plan.scaling_workers}
+        rounds: dict[int, list[float]] = {workers: [] for workers in plan.scaling_workers}
         threads = {}
         for _ in range(plan.scaling_rounds):
             for workers in repetitions:
@@ -404,20 +412,27 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
                     workers, config, plan.peer_shapes, plan.scaling_timing, plan.horovod_timeout_seconds
                 )
                 repetitions[workers].extend(result["repetitions"])
+                rounds[workers].append(common.summary_of(result["repetitions"])["median"])
                 threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
-        one, two = (common.summary_of(repetitions[workers])["median"] for workers in (1, 2))
+        median = {workers: common.summary_of(values)["median"] for workers, values in repetitions.items()}
         details = {**threads, "accumulate_steps": config.accumulate_steps}
-        figures |= {
-            f"{prefix}_one_worker_samples_per_second": figure(
-                one, "samples/s", repetitions=repetitions[1], **details
-            ),
-            f"{prefix}_two_workers_samples_per_second": figure(
-                two, "samples/s", repetitions=repetitions[2], **details
-            ),
-            f"{prefix}_efficiency": figure(
-                scaling.scaling_efficiency(one, two), "fraction", TARGETS[f"{prefix}_efficiency"]
-            ),
-        }
+        for workers in plan.scaling_workers:
+            figures[f"{prefix}_{WORKER_WORDS[workers]}_samples_per_second"] = figure(
+                median[workers], "samples/s", repetitions=repetitions[workers], **details
+            )
+        for workers in plan.scaling_workers[1:]:
+            per_round = [
+                round(scaling.scaling_efficiency(one, many, workers), 3)
+                for one, many in zip(rounds[1], rounds[workers], strict=True)
+            ]
+            key = f"{prefix}_efficiency" if workers == 2 else f"{prefix}_{WORKER_WORDS[workers]}_efficiency"
+            figures[key] = figure(
+                scaling.scaling_efficiency(median[1], median[workers], workers),
+                "fraction",
+                TARGETS.get(key),
+                per_round=per_round,
+                cores=os.cpu_count(),
+            )
     return figures
 
 

@@ -1,4 +1,4 @@
-"""Horovod scaling: samples/s of ``benchmarks.horovod_worker`` with 1 and with 2 workers on this machine."""
+"""Horovod scaling: samples/s of ``benchmarks.horovod_worker`` with 1, 2 or more workers on this machine."""
 
 from __future__ import annotations
 
@@ -96,9 +96,9 @@ def run_workers(
         return read_json(out)
 
 
-def scaling_efficiency(one_worker_rate: float, two_worker_rate: float) -> float:
-    """(2-worker rate) / (2 x 1-worker rate): 1.0 is perfect linear scaling."""
-    return two_worker_rate / (2.0 * one_worker_rate)
+def scaling_efficiency(one_worker_rate: float, rate: float, workers: int = 2) -> float:
+    """(``workers``-worker rate) / (``workers`` x 1-worker rate): 1.0 is perfect linear scaling."""
+    return rate / (workers * one_worker_rate)
 
 
 __all__ = ["ScalingError", "horovodrun_command", "run_workers", "scaling_efficiency", "worker_environment"]

@@ -29,7 +29,7 @@ from benchmarks.common import Shapes, figure, synthetic_batch, target_tokens
 from summarizer import records
 from summarizer.config import EvaluateConfig, TrainConfig
 from summarizer.model import build_model
-from summarizer.records import source_lengths
+from summarizer.records import example_lengths
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
 from tests.conftest import REPO_ROOT
 from tests.helpers import build_model_directory, write_ingested_split
@@ -119,6 +119,7 @@ def test_replicated_corpus_repeats_every_line(tmp_path: Path) -> None:
 
 def test_scaling_efficiency_and_worker_environment() -> None:
     assert scaling.scaling_efficiency(100.0, 180.0) == pytest.approx(0.9)
+    assert scaling.scaling_efficiency(100.0, 200.0, workers=4) == pytest.approx(0.5)
     environment = scaling.worker_environment()
     assert environment["TF_NUM_INTRAOP_THREADS"] == "1" and environment["TF_NUM_INTEROP_THREADS"] == "1"
     command = scaling.horovodrun_command(2, TrainConfig(), {"train": {}}, Path("out.json"))
@@ -127,7 +128,7 @@ def test_scaling_efficiency_and_worker_environment() -> None:
 
 def test_synthetic_batching_corpus_is_shaped_like_the_default_corpus(tmp_path: Path) -> None:
     files = batching_speed.write_synthetic_corpus(tmp_path, 2000, 80, 16, 300, seed=0)
-    lengths = source_lengths(files)
+    lengths = [source for source, _ in example_lengths(files)]
     assert len(lengths) == 2000 and max(lengths) == 80 and min(lengths) >= 20
     assert lengths.count(80) / len(lengths) == pytest.approx(batching_speed.CAPPED_SOURCE_FRACTION, abs=0.04)
 
@@ -352,6 +353,7 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["scaling_one_worker_samples_per_second"]["intra_op_threads"] == 1
     assert results["scaling_accumulated_two_workers_samples_per_second"]["accumulate_steps"] == 2
     assert results["scaling_accumulated_efficiency"]["target"] == 0.85
+    assert len(results["scaling_accumulated_efficiency"]["per_round"]) == 1  # --quick: one round
     assert value["batching_tokens_speedup"] == pytest.approx(
         value["batching_tokens_target_tokens_per_second"]
         / value["batching_examples_target_tokens_per_second"],

@@ -17,12 +17,13 @@ import tensorflow as tf
 from summarizer.config import TokenizeConfig
 from summarizer.records import (
     FEATURES,
+    Buckets,
     SplitStats,
+    example_lengths,
     full_batches,
     list_shards,
     make_example,
     read_dataset,
-    source_lengths,
     token_buckets,
     tokenize_splits,
     write_split,
@@ -244,30 +245,52 @@ def test_token_buckets_keep_a_batch_within_its_budget_of_source_tokens() -> None
     assert token_buckets(40, 40, 64).boundaries == () and token_buckets(40, 40, 64).batch_sizes == (1,)
     with pytest.raises(ValueError, match="max_length 40, budget 30"):
         token_buckets(30, 40, 8)
-    assert full_batches([3] * 12 + [12] * 7 + [40] * 5, buckets) == 1 + 1 + 2  # 12 // 12, 7 // 6, 5 // 2
-    assert full_batches([3] * 7, None, batch_size=3) == 2
+    lengths = [(3, 1)] * 12 + [(12, 5)] * 7 + [(40, 9)] * 5
+    assert full_batches(lengths, buckets) == 1 + 1 + 2  # 12 // 12, 7 // 6, 5 // 2
+    assert full_batches([(3, 1)] * 7, None, batch_size=3) == 2
 
 
+def test_target_buckets_split_each_source_bucket_within_a_budget_of_target_tokens() -> None:
+    buckets = token_buckets(budget=100, max_length=40, width=8, max_target_length=10, target_width=5)
+    assert buckets.boundaries == (9, 17, 25, 33) and buckets.target_boundaries == (6,)
+    # at most 100 source tokens and 100 * 10 // 40 = 25 target tokens (targets up to 5, then up to 10)
+    assert buckets.batch_sizes == (5, 2, 5, 2, 4, 2, 3, 2, 2, 2)
+    assert [buckets.index(*pair) for pair in ((8, 5), (8, 6), (9, 1), (40, 10), (55, 30))] == [0, 1, 2, 9, 9]
+    assert token_buckets(100, 40, 8, max_target_length=10, target_width=10).target_boundaries == ()
+    lengths = [(3, 2)] * 11 + [(3, 9)] * 4 + [(40, 9)] * 3
+    assert full_batches(lengths, buckets) == 11 // 5 + 4 // 2 + 3 // 2
+    with pytest.raises(ValueError, match="batch sizes >= 1"):
+        Buckets(boundaries=(9,), batch_sizes=(1, 2), target_boundaries=(3,))
+
+
+@pytest.mark.parametrize("target_width", [0, 3], ids=["source-buckets", "source-and-target-buckets"])
 def test_token_batches_hold_one_bucket_within_budget_and_their_count_is_known_before_reading(
-    ingested: Path, tokenizer: Tokenizer, tmp_path: Path
+    ingested: Path, tokenizer: Tokenizer, tmp_path: Path, target_width: int
 ) -> None:
     files = written_train(tmp_path, ingested, tokenizer, num_shards=2)
     shards = [shard_contents(path) for path in files]
-    assert source_lengths(files) == [len(source) for shard in shards for source, _ in shard]
+    assert example_lengths(files) == [
+        (len(source), len(target)) for shard in shards for source, target in shard
+    ]
     for rank in (0, 1):
-        assert source_lengths(files, num_shards=2, shard_index=rank) == [
-            len(source) for source, _ in shards[rank]
+        assert example_lengths(files, num_shards=2, shard_index=rank) == [
+            (len(source), len(target)) for source, target in shards[rank]
         ]
-    lengths = source_lengths(files)
-    buckets = token_buckets(budget=150, max_length=CONFIG.max_source_tokens, width=4)
+    lengths = example_lengths(files)
+    buckets = token_buckets(150, CONFIG.max_source_tokens, 4, CONFIG.max_target_tokens, target_width)
+    assert bool(buckets.target_boundaries) == (target_width > 0)
+    target_budget = 150 * CONFIG.max_target_tokens // CONFIG.max_source_tokens if target_width else 10**9
     counts = set()
     for seed in (1, 2, 3):
         batches = list(read_dataset(files, 1, shuffle=True, seed=seed, drop_remainder=True, buckets=buckets))
         counts.add(len(batches))
         for batch in batches:
-            source = batch["source_ids"].numpy()
-            assert source.size <= 150
-            assert len({buckets.index(int(length)) for length in np.count_nonzero(source, axis=1)}) == 1
+            source, target = batch["source_ids"].numpy(), batch["target_out"].numpy()
+            assert source.size <= 150 and target.size <= target_budget
+            pairs = zip(np.count_nonzero(source, axis=1), np.count_nonzero(target, axis=1), strict=True)
+            assert (
+                len({buckets.index(int(length), int(target_length)) for length, target_length in pairs}) == 1
+            )
     assert counts == {full_batches(lengths, buckets)}  # whatever the shuffle
     everything = list(read_dataset(files, 1, shuffle=True, seed=1, buckets=buckets))  # remainders too
     assert Counter(batches_as_examples(everything)) == Counter(

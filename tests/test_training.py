@@ -242,11 +242,12 @@ def test_an_epoch_is_seeded_and_a_resume_sees_the_rest_of_its_micro_batches(
 ) -> None:
     config = TrainConfig(batch_type=batch_type, batch_size=16 if batch_type == "examples" else 80, seed=5)
     config = dataclasses.replace(config, accumulate_steps=2)
-    buckets = training.batch_buckets(config, TOKENIZE.max_source_tokens)
+    buckets = training.batch_buckets(config, TOKENIZE.max_source_tokens, TOKENIZE.max_target_tokens)
     assert (buckets is None) == (batch_type == "examples")
+    assert buckets is None or buckets.target_boundaries  # the default target_bucket_width splits them
     local = LocalDistribution()
     steps = training.steps_per_epoch(train_files, config, local, buckets)
-    lengths = records.source_lengths(train_files)
+    lengths = records.example_lengths(train_files)
     assert steps == records.full_batches(lengths, buckets, config.batch_size) // 2 >= 3
     epoch = list(training.train_dataset(train_files, config, 2, steps, local, buckets=buckets))
     assert len(epoch) == 2 * steps

@@ -165,10 +165,12 @@ class TrainConfig:
     dropout: float = 0.1
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     # examples: batch_size is examples per batch per worker. tokens: batch_size is a budget of padded source
-    # tokens per batch per worker; batches hold examples of similar source length (buckets bucket_width wide).
+    # tokens per batch per worker; batches hold examples of similar source length (buckets bucket_width wide)
+    # and, within that, of similar target length (buckets target_bucket_width wide).
     batch_type: Literal["examples", "tokens"] = "examples"
     batch_size: int = 64
     bucket_width: int = 8  # tokens batches: source-length buckets of this many tokens
+    target_bucket_width: int = 2  # tokens batches: target-length buckets (>= max_target_tokens: none)
     accumulate_steps: int = 1  # micro-batches whose gradients make one optimizer step
     epochs: int = 5
     learning_rate: float = 0.001
@@ -188,7 +190,7 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         positive_ints = (
             "workers", "encoder_layers", "embedding_dim", "units", "batch_size", "bucket_width",
-            "accumulate_steps", "epochs",
+            "target_bucket_width", "accumulate_steps", "epochs",
         )  # fmt: skip
         for name in positive_ints:
             _check(

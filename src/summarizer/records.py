@@ -260,55 +260,85 @@ def _shard_files(files: Sequence[str], num_shards: int, shard_index: int) -> tup
 
 @dataclass(frozen=True)
 class Buckets:
-    """Source-length buckets for ``bucket_by_sequence_length``, each with its own batch size.
+    """Length buckets, each with its own batch size: by source length, and within that by target length.
 
-    Bucket ``i`` holds sources of length ``boundaries[i-1] <= length < boundaries[i]`` (the first from 0, the
-    last without an upper end); ``batch_sizes`` has one entry more than ``boundaries``.
+    Source bucket ``i`` holds sources of length ``boundaries[i-1] <= length < boundaries[i]`` (the first from
+    0, the last without an upper end); target buckets split each of them the same way by ``target_boundaries``
+    (none: by source length only). Bucket ``(i, j)`` is number ``i * (len(target_boundaries) + 1) + j`` and
+    ``batch_sizes`` holds one batch size per bucket, in that order.
     """
 
     boundaries: tuple[int, ...]
     batch_sizes: tuple[int, ...]
+    target_boundaries: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.batch_sizes) != len(self.boundaries) + 1 or min(self.batch_sizes) < 1:
+        count = (len(self.boundaries) + 1) * (len(self.target_boundaries) + 1)
+        if len(self.batch_sizes) != count or min(self.batch_sizes) < 1:
             raise ValueError(
-                f"Buckets: need len(boundaries) + 1 batch sizes >= 1, got {self.boundaries}, "
-                f"{self.batch_sizes}"
+                f"Buckets: need (len(boundaries) + 1) * (len(target_boundaries) + 1) batch sizes >= 1, got "
+                f"{self.boundaries}, {self.target_boundaries}, {self.batch_sizes}"
             )
 
-    def index(self, length: int) -> int:
-        """The bucket of a source of ``length`` tokens (as ``bucket_by_sequence_length`` places it)."""
-        return bisect.bisect_right(self.boundaries, length)
+    def index(self, length: int, target_length: int = 0) -> int:
+        """The bucket of an example with a source of ``length`` and a target of ``target_length`` tokens."""
+        source = bisect.bisect_right(self.boundaries, length)
+        return source * (len(self.target_boundaries) + 1) + bisect.bisect_right(
+            self.target_boundaries, target_length
+        )
 
 
-def token_buckets(budget: int, max_length: int, width: int) -> Buckets:
+def _uppers(max_length: int, width: int) -> list[int]:
+    """The longest length of each bucket ``width`` wide: width, 2 * width, ..., max_length."""
+    return [*range(width, max_length, width), max_length]
+
+
+def token_buckets(
+    budget: int, max_length: int, width: int, max_target_length: int = 0, target_width: int = 0
+) -> Buckets:
     """Buckets ``width`` source tokens wide up to ``max_length``, each batch at most ``budget`` source tokens.
 
     The buckets' longest sources are ``width, 2 * width, ..., max_length``; a bucket whose longest source is
     ``upper`` takes ``budget // upper`` examples, so a batch padded to its longest source holds at most
     ``budget`` source tokens (sources longer than ``max_length`` share the last bucket).
+
+    With ``target_width`` (and ``max_target_length``), each source bucket is split into target-length buckets
+    ``target_width`` wide, and a batch also holds at most ``budget * max_target_length // max_length`` padded
+    target tokens: the share of targets in a batch of examples at both caps. The decoder's work (above all the
+    output projection) goes with target positions, so a batch of short targets holds more examples.
     """
     if not 1 <= max_length <= budget or width < 1:
         raise ValueError(
             "token_buckets: need 1 <= max_length <= budget and width >= 1, got "
             f"max_length {max_length}, budget {budget}, width {width}"
         )
-    uppers = [*range(width, max_length, width), max_length]
+    uppers = _uppers(max_length, width)
+    boundaries = tuple(upper + 1 for upper in uppers[:-1])
+    if target_width < 1 or max_target_length < 1:
+        return Buckets(boundaries=boundaries, batch_sizes=tuple(budget // upper for upper in uppers))
+    target_budget = budget * max_target_length // max_length
+    target_uppers = _uppers(max_target_length, target_width)
     return Buckets(
-        boundaries=tuple(upper + 1 for upper in uppers[:-1]),
-        batch_sizes=tuple(budget // upper for upper in uppers),
+        boundaries=boundaries,
+        batch_sizes=tuple(
+            min(budget // upper, target_budget // target_upper)
+            for upper in uppers
+            for target_upper in target_uppers
+        ),
+        target_boundaries=tuple(upper + 1 for upper in target_uppers[:-1]),
     )
 
 
-def full_batches(lengths: Iterable[int], buckets: Buckets | None, batch_size: int = 0) -> int:
-    """Full batches (``drop_remainder``) one pass over examples of these source lengths makes, in any order.
+def full_batches(lengths: Iterable[tuple[int, int]], buckets: Buckets | None, batch_size: int = 0) -> int:
+    """Full batches (``drop_remainder``) one pass over examples of these (source, target) lengths makes, in
+    any order.
 
     Without buckets: ``len(lengths) // batch_size``. With them, each bucket fills on its own, so the count
     is the sum over buckets of its examples // its batch size, whatever the shuffle.
     """
     if buckets is None:
         return sum(1 for _ in lengths) // batch_size
-    counts = Counter(buckets.index(length) for length in lengths)
+    counts = Counter(buckets.index(source, target) for source, target in lengths)
     return sum(count // buckets.batch_sizes[index] for index, count in counts.items())
 
 
@@ -326,12 +356,40 @@ def _batch(
         batch_size, buckets = buckets.batch_sizes[0], None
     if buckets is None:
         return dataset.padded_batch(batch_size, padding_values=padding, drop_remainder=drop_remainder)
+    if buckets.target_boundaries:
+        return _group_by_bucket(dataset, buckets, padding, drop_remainder)
     return dataset.bucket_by_sequence_length(
         element_length_func=lambda example: tf.shape(example["source_ids"])[0],
         bucket_boundaries=list(buckets.boundaries),
         bucket_batch_sizes=list(buckets.batch_sizes),
         padding_values=padding,
         drop_remainder=drop_remainder,
+    )
+
+
+def _group_by_bucket(
+    dataset: tf.data.Dataset, buckets: Buckets, padding: dict[str, tf.Tensor], drop_remainder: bool
+) -> tf.data.Dataset:
+    """Batches of one (source, target) bucket each, padded to their own longest sequences: what
+    ``bucket_by_sequence_length`` does on one length, here on two (:meth:`Buckets.index`)."""
+    targets = len(buckets.target_boundaries) + 1
+    source_boundaries = tf.constant(buckets.boundaries, tf.int32, shape=(len(buckets.boundaries),))
+    target_boundaries = tf.constant(buckets.target_boundaries, tf.int32)
+    batch_sizes = tf.constant(buckets.batch_sizes, tf.int64)
+
+    def bucket(example: dict[str, tf.Tensor]) -> tf.Tensor:
+        source = tf.shape(example["source_ids"])[0]
+        target = tf.shape(example["target_out"])[0]
+        source_index = tf.reduce_sum(tf.cast(source_boundaries <= source, tf.int64))
+        return source_index * targets + tf.reduce_sum(tf.cast(target_boundaries <= target, tf.int64))
+
+    def batch(key: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
+        return window.padded_batch(
+            tf.gather(batch_sizes, key), padding_values=padding, drop_remainder=drop_remainder
+        )
+
+    return dataset.group_by_window(
+        key_func=bucket, reduce_func=batch, window_size_func=lambda key: tf.gather(batch_sizes, key)
     )
 
 
@@ -386,24 +444,34 @@ def read_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def source_lengths(files: Sequence[str | Path], num_shards: int = 1, shard_index: int = 0) -> list[int]:
-    """The source length of every example in this rank's shard (sharded as :func:`read_dataset` does)."""
+def example_lengths(
+    files: Sequence[str | Path], num_shards: int = 1, shard_index: int = 0
+) -> list[tuple[int, int]]:
+    """(source, target) length of every example in this rank's shard (sharded as :func:`read_dataset`)."""
     if not files:
-        raise ValueError("source_lengths: no TFRecord files given")
+        raise ValueError("example_lengths: no TFRecord files given")
     selected, shard_examples = _shard_files([str(path) for path in files], num_shards, shard_index)
     dataset = tf.data.TFRecordDataset(selected)
     if shard_examples:
         dataset = dataset.shard(num_shards, shard_index)
-    ragged = {"source_ids": tf.io.RaggedFeature(tf.int64)}
-    dataset = dataset.batch(4096).map(
-        lambda serialized: tf.io.parse_example(serialized, ragged)["source_ids"].row_lengths()
-    )
-    return [int(length) for lengths in dataset.as_numpy_iterator() for length in lengths]
+    ragged = {name: tf.io.RaggedFeature(tf.int64) for name in ("source_ids", "target_ids")}
+
+    def lengths(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        parsed = tf.io.parse_example(serialized, ragged)
+        return parsed["source_ids"].row_lengths(), parsed["target_ids"].row_lengths()
+
+    batches = dataset.batch(4096).map(lengths).as_numpy_iterator()
+    return [
+        (int(source), int(target))
+        for sources, targets in batches
+        for source, target in zip(sources, targets, strict=True)
+    ]
 
 
 __all__ = [
     "FEATURES",
     "Buckets",
+    "example_lengths",
     "ShardedWriter",
     "SplitStats",
     "list_shards",
@@ -411,7 +479,6 @@ __all__ = [
     "full_batches",
     "read_dataset",
     "run_tokenize",
-    "source_lengths",
     "token_buckets",
     "tokenize_splits",
     "shard_name",

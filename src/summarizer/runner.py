@@ -176,7 +176,7 @@ class _Data:
 def _training_data(data_dir: Path, params: Params, distribution: Distribution) -> _Data:
     """This rank's train shards, its val batches and the number of steps per epoch all ranks run."""
     config = params.train
-    buckets = batch_buckets(config, params.tokenize.max_source_tokens)
+    buckets = batch_buckets(config, params.tokenize.max_source_tokens, params.tokenize.max_target_tokens)
     train_files = records.list_shards(data_dir, "train")
     val_dataset = records.read_dataset(
         records.list_shards(data_dir, "val"),

@@ -271,11 +271,20 @@ def _target_tokens(batch: Batch) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(tf.not_equal(batch["target_out"], PAD_ID), tf.float32))
 
 
-def batch_buckets(config: TrainConfig, max_source_tokens: int) -> records.Buckets | None:
-    """None for ``examples`` batches; for ``tokens`` batches, source-length buckets within the budget."""
+def batch_buckets(
+    config: TrainConfig, max_source_tokens: int, max_target_tokens: int
+) -> records.Buckets | None:
+    """None for ``examples`` batches; for ``tokens`` batches, source- and target-length buckets within the
+    budget (:func:`records.token_buckets`)."""
     if config.batch_type == "examples":
         return None
-    return records.token_buckets(config.batch_size, max_source_tokens, config.bucket_width)
+    return records.token_buckets(
+        config.batch_size,
+        max_source_tokens,
+        config.bucket_width,
+        max_target_length=max_target_tokens,
+        target_width=config.target_bucket_width,
+    )
 
 
 def steps_per_epoch(
@@ -288,10 +297,10 @@ def steps_per_epoch(
     ``accumulate_steps`` (at least one).
 
     Every rank must run the same number of steps, or the next gradient allreduce waits forever. The count of
-    full batches of a shard follows from its source lengths alone (:func:`records.full_batches`), whatever
+    full batches of a shard follows from its examples' lengths alone (:func:`records.full_batches`), whatever
     the epoch's shuffle; the minimum over ranks is taken by a collective, so every rank gets the same number.
     """
-    lengths = records.source_lengths(
+    lengths = records.example_lengths(
         files, num_shards=distribution.num_shards, shard_index=distribution.shard_index
     )
     if distribution.minimum(len(lengths)) == 0:

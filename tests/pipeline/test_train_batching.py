@@ -27,6 +27,7 @@ EPOCHS = 2
 ACCUMULATE = 2
 BUDGET = 80  # source tokens per micro-batch: 2 examples of the longest sources (40), 5 of 16
 BUCKET_WIDTH = 8
+TARGET_BUCKET_WIDTH = 2
 SHORT_SOURCE = 12  # rank 0's sources are cut to this many tokens
 EVERY_STEP = {runner.CONTROL_EVERY_STEPS_VARIABLE: "1"}
 CHECKPOINT_LINE = r"checkpoint: epoch 2 step (\d+)/(\d+)"
@@ -48,6 +49,7 @@ def write_run_params(directory: Path) -> None:
         batch_type="tokens",
         batch_size=BUDGET,
         bucket_width=BUCKET_WIDTH,
+        target_bucket_width=TARGET_BUCKET_WIDTH,
         accumulate_steps=ACCUMULATE,
         checkpoint_every_minutes=0.00001,
     )
@@ -77,8 +79,10 @@ def shard_examples(path: str) -> list[tuple[list[int], list[int]]]:
 
 def expected_steps(files: list[str]) -> tuple[int, list[int]]:
     """Optimizer steps per epoch, and each rank's full token batches (rank r reads shard r)."""
-    buckets = records.token_buckets(BUDGET, TOKENIZE.max_source_tokens, BUCKET_WIDTH)
-    batches = [records.full_batches(records.source_lengths([path]), buckets) for path in files]
+    buckets = records.token_buckets(
+        BUDGET, TOKENIZE.max_source_tokens, BUCKET_WIDTH, TOKENIZE.max_target_tokens, TARGET_BUCKET_WIDTH
+    )
+    batches = [records.full_batches(records.example_lengths([path]), buckets) for path in files]
     return min(batches) // ACCUMULATE, batches
 
 
