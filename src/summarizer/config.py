@@ -169,7 +169,7 @@ class TrainConfig:
     # and, within that, of similar target length (buckets target_bucket_width wide).
     batch_type: Literal["examples", "tokens"] = "examples"
     batch_size: int = 64
-    bucket_width: int = 8  # tokens batches: source-length buckets of this many tokens
+    bucket_width: int = 16  # tokens batches: source-length buckets of this many tokens
     target_bucket_width: int = 2  # tokens batches: target-length buckets (>= max_target_tokens: none)
     accumulate_steps: int = 1  # micro-batches whose gradients make one optimizer step
     epochs: int = 5
