@@ -1,9 +1,10 @@
 """Token batches and gradient accumulation in the train stage, under the real ``horovodrun -np 2``.
 
-The two ranks' train shards batch unevenly (short sources on rank 0, long ones on rank 1, so different
-numbers of token batches and of target tokens per batch): both must still run the same number of optimizer
-steps (else the next allreduce waits forever), end with identical weights, and a run interrupted inside an
-epoch must resume on an optimizer step with the batches, and end with the weights, of an uninterrupted run.
+The two ranks' train shards batch unevenly (short sources and targets on rank 0, long ones on rank 1, so
+different numbers of token batches and of target tokens per batch): both must still run the same number of
+optimizer steps (else the next allreduce waits forever), end with identical weights, and a run interrupted
+inside an epoch must resume on an optimizer step with the batches, and end with the weights, of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ BUDGET = 80  # source tokens per micro-batch: 2 examples of the longest sources 
 BUCKET_WIDTH = 8
 TARGET_BUCKET_WIDTH = 2
 SHORT_SOURCE = 12  # rank 0's sources are cut to this many tokens
+SHORT_TARGET = 3  # and its targets to this many (batches are bounded by target tokens too)
 EVERY_STEP = {runner.CONTROL_EVERY_STEPS_VARIABLE: "1"}
 CHECKPOINT_LINE = r"checkpoint: epoch 2 step (\d+)/(\d+)"
 
@@ -88,13 +90,14 @@ def expected_steps(files: list[str]) -> tuple[int, list[int]]:
 
 @pytest.fixture(scope="module")
 def uneven(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny tokenized data; train shard 0 rewritten with sources cut to SHORT_SOURCE tokens."""
+    """Tiny tokenized data; train shard 0 rewritten with sources cut to SHORT_SOURCE tokens and targets to
+    SHORT_TARGET (as the tokenize stage cuts them)."""
     data_dir = write_tokenized(tmp_path_factory.mktemp("data"))
     first = records.list_shards(data_dir, "train")[0]
     examples = shard_examples(first)
     with tf.io.TFRecordWriter(first) as writer:
         for source_ids, target_ids in examples:
-            writer.write(records.make_example(source_ids[:SHORT_SOURCE], target_ids))
+            writer.write(records.make_example(source_ids[:SHORT_SOURCE], target_ids[:SHORT_TARGET]))
     return data_dir
 
 
