@@ -341,31 +341,33 @@ def test_layer_config_round_trip(layer):
     assert restored.get_config() == layer.get_config()
 
 
-@pytest.fixture
-def mixed_float16():
+@pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])
+def mixed_policy(request):
+    """The global policy set to a mixed one for the test; yields its compute dtype."""
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
+    keras.mixed_precision.set_global_policy(request.param)
+    yield keras.mixed_precision.global_policy().compute_dtype
     keras.mixed_precision.set_global_policy(previous)
 
 
-@pytest.mark.usefixtures("mixed_float16")
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_mixed_float16(cell):
+def test_mixed_precision(cell, mixed_policy):
     model = make_model(cell=cell, coverage=True)
     assert {variable.dtype for variable in model.weights} == {"float32"}
-    assert model.encoder.recurrent_layers[0].compute_dtype == "float16"
-    assert model.decoder.recurrent.compute_dtype == "float16"
-    assert model.decoder.output_projection.compute_dtype == "float32"
+    assert model.encoder.recurrent_layers[0].compute_dtype == mixed_policy
+    assert model.decoder.recurrent.compute_dtype == mixed_policy
+    # the largest matrix product (units x vocabulary) runs in the low precision too; its logits are cast to
+    # float32 before the softmax, the copy mixture and the loss
+    assert model.decoder.output_projection.compute_dtype == mixed_policy
     batch = make_batch()
     outputs = model(model_inputs(batch))
     assert outputs["log_probs"].dtype == "float32" and np.all(np.isfinite(outputs["log_probs"]))
     np.testing.assert_allclose(np.exp(np.asarray(outputs["log_probs"])).sum(-1), 1.0, atol=1e-3)
     context, state = model.encode(batch["source_ids"])
-    assert context["memory"].dtype == "float16"
+    assert context["memory"].dtype == mixed_policy
     log_probs, state = model.decode_step(batch["target_in"][:, 0], state, context)
     assert log_probs.dtype == "float32" and np.all(np.isfinite(log_probs))
-    assert {dtype_of(value) for value in state} == {"float16"}
+    assert {dtype_of(value) for value in state} == {mixed_policy}
 
 
 def test_build_model_maps_the_train_config():
