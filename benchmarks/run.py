@@ -100,7 +100,7 @@ class Plan:
     classic_timing: Timing
     timing: Timing
     scaling_timing: Timing
-    scaling_workers: tuple[int, ...]  # worker counts of the scaling group; the first is 1
+    scaling_workers: tuple[int, ...]  # worker counts of the accumulated scaling figures; the first is 1
     scaling_rounds: int  # the worker counts are measured alternately, this many times each
     accumulate_steps: int  # micro-batches per optimizer step in the scaling group's accumulated figures
     determinism_rounds: int  # op determinism off and on are measured alternately, this many times each
@@ -391,9 +391,9 @@ def _decoding_figures(
 
 
 def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
-    """horovodrun with 1, 2 (and, in the full run, 4) workers of one thread each, our model at the peer's
-    sizes; then the same with ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient
-    allreduce per that many batches).
+    """horovodrun with 1 and 2 workers of one thread each, our model at the peer's sizes; then with
+    ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient allreduce per that many batches)
+    and ``plan.scaling_workers`` (1, 2 and, in the full run, 4) workers.
 
     The worker counts are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this
     shared machine does not fall on one worker count only; each figure is the median of all its repetitions.
@@ -402,9 +402,12 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     """
     figures = {}
     accumulated = replace(plan.peer, accumulate_steps=plan.accumulate_steps)
-    for prefix, config in (("scaling", plan.peer), ("scaling_accumulated", accumulated)):
-        repetitions: dict[int, list[float]] = {workers: [] for workers in plan.scaling_workers}
-        rounds: dict[int, list[float]] = {workers: [] for workers in plan.scaling_workers}
+    for prefix, config, counts in (
+        ("scaling", plan.peer, (1, 2)),
+        ("scaling_accumulated", accumulated, plan.scaling_workers),
+    ):
+        repetitions: dict[int, list[float]] = {workers: [] for workers in counts}
+        rounds: dict[int, list[float]] = {workers: [] for workers in counts}
         threads = {}
         for _ in range(plan.scaling_rounds):
             for workers in repetitions:
@@ -416,11 +419,11 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
                 threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
         median = {workers: common.summary_of(values)["median"] for workers, values in repetitions.items()}
         details = {**threads, "accumulate_steps": config.accumulate_steps}
-        for workers in plan.scaling_workers:
+        for workers in counts:
             figures[f"{prefix}_{WORKER_WORDS[workers]}_samples_per_second"] = figure(
                 median[workers], "samples/s", repetitions=repetitions[workers], **details
             )
-        for workers in plan.scaling_workers[1:]:
+        for workers in counts[1:]:
             per_round = [
                 round(scaling.scaling_efficiency(one, many, workers), 3)
                 for one, many in zip(rounds[1], rounds[workers], strict=True)
