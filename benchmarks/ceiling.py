@@ -373,7 +373,7 @@ def padding_share(
     exactly that length).
     """
     ranks = [_rank(rank, workers) for rank in range(workers)]
-    steps = min(steps_per_epoch(files, config.batch_size, rank) for rank in ranks)
+    steps = min(steps_per_epoch(files, config, rank) for rank in ranks)
     slots = Counter()
     source_lengths, target_lengths, padded_flops, real_flops = [], [], 0.0, 0.0
     for rank in ranks:
