@@ -402,9 +402,16 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     """
     figures = {}
     accumulated = replace(plan.peer, accumulate_steps=plan.accumulate_steps)
-    for prefix, config, counts in (
-        ("scaling", plan.peer, (1, 2)),
-        ("scaling_accumulated", accumulated, plan.scaling_workers),
+    # the worker times optimizer steps: the same number of micro-batches as the plain figures
+    plain_timing = plan.scaling_timing
+    accumulated_timing = replace(
+        plain_timing,
+        warmup_steps=max(1, plain_timing.warmup_steps // plan.accumulate_steps),
+        steps=max(1, plain_timing.steps // plan.accumulate_steps),
+    )
+    for prefix, config, counts, timing in (
+        ("scaling", plan.peer, (1, 2), plain_timing),
+        ("scaling_accumulated", accumulated, plan.scaling_workers, accumulated_timing),
     ):
         repetitions: dict[int, list[float]] = {workers: [] for workers in counts}
         rounds: dict[int, list[float]] = {workers: [] for workers in counts}
@@ -412,7 +419,7 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
         for _ in range(plan.scaling_rounds):
             for workers in repetitions:
                 result = scaling.run_workers(
-                    workers, config, plan.peer_shapes, plan.scaling_timing, plan.horovod_timeout_seconds
+                    workers, config, plan.peer_shapes, timing, plan.horovod_timeout_seconds
                 )
                 repetitions[workers].extend(result["repetitions"])
                 rounds[workers].append(common.summary_of(result["repetitions"])["median"])
