@@ -19,7 +19,16 @@ import pytest
 import tensorflow as tf
 
 from summarizer import records, runner
-from tests.workers.launch import Watched, check, horovod_environment, horovodrun, horovodrun_command
+from tests.workers.launch import (
+    CHECKPOINT_LINE,
+    EVERY_STEP,
+    Watched,
+    check,
+    horovod_environment,
+    horovodrun,
+    horovodrun_command,
+    train_command,
+)
 from tests.workers.tiny_data import TOKENIZE, tiny_train_params, write_params, write_tokenized
 
 pytestmark = pytest.mark.slow
@@ -31,17 +40,6 @@ BUCKET_WIDTH = 8
 TARGET_BUCKET_WIDTH = 2
 SHORT_SOURCE = 12  # rank 0's sources are cut to this many tokens
 SHORT_TARGET = 3  # and its targets to this many (batches are bounded by target tokens too)
-EVERY_STEP = {runner.CONTROL_EVERY_STEPS_VARIABLE: "1"}
-CHECKPOINT_LINE = r"checkpoint: epoch 2 step (\d+)/(\d+)"
-
-
-def train_command(directory: Path, data_dir: Path) -> list[str]:
-    return [
-        "-m", "pipeline.train", "--params", str(directory / "params.yaml"), "--data-dir", str(data_dir),
-        "--out-dir", str(directory / "models/summarizer"), "--metrics", str(directory / "metrics/train.json"),
-        "--history", str(directory / "plots/train_history.csv"), "--root", str(directory),
-        "--timings", str(directory / "metrics/timings/train.json"),
-    ]  # fmt: skip
 
 
 def write_run_params(directory: Path) -> None:

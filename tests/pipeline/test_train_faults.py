@@ -21,25 +21,21 @@ from summarizer import runner
 from summarizer.spool import SPOOL_DIRECTORY
 from tests.helpers import LoopbackMlflowServer
 from tests.pipeline.dvc_project import VENV_BIN, DvcProject, tiny_params
-from tests.workers.launch import Watched, check, horovod_environment, horovodrun, horovodrun_command
+from tests.workers.launch import (
+    CHECKPOINT_LINE,
+    EVERY_STEP,
+    Watched,
+    check,
+    horovod_environment,
+    horovodrun,
+    horovodrun_command,
+    train_command,
+)
 from tests.workers.tiny_data import tiny_train_params, write_params, write_tokenized
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
-# Checkpoint at every control point, and run the control collective after every step, so a fault can be
-# placed inside an epoch of a tiny model (its epochs last well under a second).
-EVERY_STEP = {runner.CONTROL_EVERY_STEPS_VARIABLE: "1"}
-CHECKPOINT_LINE = r"checkpoint: epoch 2 step (\d+)/(\d+)"
-
-
-def train_command(directory: Path, data_dir: Path) -> list[str]:
-    return [
-        "-m", "pipeline.train", "--params", str(directory / "params.yaml"), "--data-dir", str(data_dir),
-        "--out-dir", str(directory / "models/summarizer"), "--metrics", str(directory / "metrics/train.json"),
-        "--history", str(directory / "plots/train_history.csv"), "--root", str(directory),
-        "--timings", str(directory / "metrics/timings/train.json"),
-    ]  # fmt: skip
 
 
 def write_run_params(directory: Path, uri: str) -> None:

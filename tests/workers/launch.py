@@ -14,9 +14,26 @@ from pathlib import Path
 
 import psutil
 
+from summarizer import runner
 from tests.conftest import REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
+
+
+# Checkpoint at every control point, and run the control collective after every step, so a fault can be
+# placed inside an epoch of a tiny model (its epochs last well under a second).
+EVERY_STEP = {runner.CONTROL_EVERY_STEPS_VARIABLE: "1"}
+CHECKPOINT_LINE = r"checkpoint: epoch 2 step (\d+)/(\d+)"
+
+
+def train_command(directory: Path, data_dir: Path) -> list[str]:
+    """The train stage's arguments (after ``python``) for a run whose files all live in ``directory``."""
+    return [
+        "-m", "pipeline.train", "--params", str(directory / "params.yaml"), "--data-dir", str(data_dir),
+        "--out-dir", str(directory / "models/summarizer"), "--metrics", str(directory / "metrics/train.json"),
+        "--history", str(directory / "plots/train_history.csv"), "--root", str(directory),
+        "--timings", str(directory / "metrics/timings/train.json"),
+    ]  # fmt: skip
 
 
 def horovod_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
