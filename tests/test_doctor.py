@@ -128,6 +128,7 @@ def test_doctor_on_the_healthy_set_up_reports_versions_and_both_self_tests(proje
     assert lines["MLflow store"].startswith(f"sqlite:///{project.path / 'mlflow.db'}: reachable")
     assert lines["DVC repository"] == str(project.path)
     assert lines["DVC status"].startswith("4 not up to date (ingest, tokenize, train, evaluate)")
+    assert lines["DVC stage locks"] == "none held"
     assert lines["Allreduce, Gloo"].startswith("ok: 2 ranks summed 1 + 2 = 3 in ")
     assert lines["Allreduce, MPI"].startswith("ok: 2 ranks summed 1 + 2 = 3 in ")
     if os.geteuid() == 0:
@@ -225,6 +226,26 @@ def test_doctor_gives_up_on_a_silent_mlflow_server_after_its_timeout(
     assert f"cannot reach the MLflow tracking store at {silent_server}" in problems[0]
     assert "timed out" in problems[0]
     assert elapsed < 120, f"the doctor took {elapsed:.0f} s against a silent server"
+
+
+@pytest.mark.slow
+def test_doctor_names_the_stage_lock_a_killed_dvc_left_empty_and_removing_it_lets_dvc_repro_run(
+    project: DvcProject,
+) -> None:
+    # What `dvc repro` leaves when it is killed while rewriting its lock file (it opens it with "w").
+    lock = project.path / ".dvc" / "tmp" / "rwlock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
+    failed = project.dvc("repro", "ingest", check=False)
+    assert failed.returncode != 0 and "Unable to read RWLock-file" in failed.stderr + failed.stdout
+    completed = run_doctor(project, "--no-self-tests")
+    assert completed.returncode == 1
+    assert report_lines(completed.stdout)["DVC stage locks"] == f"{lock}: empty"
+    (problem,) = problem_lines(completed.stdout)
+    assert str(lock) in problem and f"rm {lock}" in problem and "Unable to read RWLock-file" in problem
+    lock.unlink()  # the fix the doctor gives
+    project.dvc("repro", "ingest")
+    assert report_lines(run_doctor(project, "--no-self-tests").stdout)["DVC stage locks"] == "readable"
 
 
 def self_test_ranks_in(directory: Path) -> list[int]:

@@ -337,6 +337,30 @@ def _status_json(output: str) -> dict[str, Any] | None:
     return None
 
 
+def stage_lock_finding(root: Path) -> Finding:
+    """Whether DVC's stage lock file (``.dvc/tmp/rwlock``) can be read.
+
+    DVC rewrites it in place when a stage starts and ends; a dvc process killed in between (a node loss, kill
+    -9) leaves it empty or cut, and every later ``dvc repro`` fails on it before running anything.
+    """
+    path = root / ".dvc" / "tmp" / "rwlock"
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return Finding("DVC stage locks", "none held")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        state = "empty" if not text.strip() else f"cut off ({len(text)} characters, not JSON)"
+        problem = (
+            f"{path} is {state}: a dvc command was killed while writing it, and every `dvc repro` fails with "
+            f'"Unable to read RWLock-file". When no dvc command runs in {root}, delete it (`rm {path}`); '
+            "DVC writes a new one, and the train stage resumes from its checkpoint"
+        )
+        return Finding("DVC stage locks", f"{path}: {state}", problem)
+    return Finding("DVC stage locks", "readable")
+
+
 def dvc_findings(root: Path | None) -> list[Finding]:
     """DVC's version, the repository, its stages' status and its remotes."""
     version = package_finding("DVC", "dvc")
@@ -347,18 +371,22 @@ def dvc_findings(root: Path | None) -> list[Finding]:
         ]
     if version.problem:
         return [version, Finding("DVC repository", str(root))]
+    locks = stage_lock_finding(root)
+    if locks.problem:  # `dvc status` fails on it too: one problem, one fix
+        return [version, Finding("DVC repository", str(root)), locks]
     outcome = dvc_command(root, "status", "--json")
     status = _status_json(outcome.output) if outcome.returncode == 0 else None
     if status is None:
         reason = _failure(outcome, PROBE_TIMEOUT_SECONDS * 4)
         problem = f"`dvc status` failed in {root} ({reason}): run it there to see why"
-        return [version, Finding("DVC status", f"failed ({reason})", problem, _tail(outcome.output))]
+        return [version, locks, Finding("DVC status", f"failed ({reason})", problem, _tail(outcome.output))]
     remotes = dvc_command(root, "remote", "list")
     listed = [" ".join(line.split()) for line in remotes.output.splitlines() if line.strip()]
     return [
         version,
         Finding("DVC repository", str(root)),
         Finding("DVC status", _stage_summary(status)),
+        locks,
         Finding("DVC remotes", "; ".join(listed) if remotes.returncode == 0 and listed else "none"),
     ]
 

@@ -161,10 +161,21 @@ class Watched:
         raise AssertionError(f"no process of rank {rank} found ({marker or f'under {self.process.pid}'})")
 
     def kill_all(self) -> None:
-        """SIGKILL the command and every process under it at once (as a node loss or OOM kill would)."""
-        victims = [*self.descendants()]
+        """SIGKILL the command and every process under it at once (as a node loss would).
+
+        Every process is frozen (SIGSTOP, the command first) before any is killed: killed one by one, a parent
+        would see its children die and react before its own turn (DVC then rewrites ``.dvc/tmp/rwlock`` and can
+        be killed halfway through, which a node loss does not do in that order on purpose).
+        """
+        victims = []
         with contextlib.suppress(psutil.NoSuchProcess):
-            victims.append(psutil.Process(self.process.pid))
+            root = psutil.Process(self.process.pid)
+            root.suspend()
+            victims.append(root)
+        for victim in self.descendants():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victim.suspend()
+                victims.append(victim)
         for victim in victims:
             with contextlib.suppress(psutil.NoSuchProcess):
                 victim.kill()
