@@ -163,9 +163,9 @@ class Watched:
     def kill_all(self) -> None:
         """SIGKILL the command and every process under it at once (as a node loss would).
 
-        Every process is frozen (SIGSTOP, the command first) before any is killed: killed one by one, a parent
-        would see its children die and react before its own turn (DVC then rewrites ``.dvc/tmp/rwlock`` and can
-        be killed halfway through, which a node loss does not do in that order on purpose).
+        Every process is frozen (SIGSTOP, the command first) before any is killed: killed one by one, a
+        parent would see its children die and react before its own turn (DVC then rewrites
+        ``.dvc/tmp/rwlock`` and can be killed halfway through it).
         """
         victims = []
         with contextlib.suppress(psutil.NoSuchProcess):
