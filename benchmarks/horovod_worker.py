@@ -27,7 +27,7 @@ import tensorflow as tf
 from benchmarks.common import Shapes, summary_of, synthetic_batches, timed_rates
 from benchmarks.training_speed import DISTINCT_BATCHES, Timing, make_trainer
 from summarizer import checkpoints, distribution
-from summarizer.config import TrainConfig
+from summarizer.config import HorovodConfig, TrainConfig
 from summarizer.io import write_json
 from summarizer.preemption import StepControl, StopRequest
 from summarizer.training import Trainer
@@ -36,26 +36,28 @@ from summarizer.training import Trainer
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.horovod_worker", description=__doc__)
     parser.add_argument(
-        "--settings", required=True, help='JSON: {"train": {...}, "shapes": {...}, "timing": {...}}'
+        "--settings",
+        required=True,
+        help='JSON: {"train": {...}, "horovod": {...}, "shapes": {...}, "timing": {...}}',
     )
     parser.add_argument("--out", required=True, help="JSON file the chief writes")
     parser.add_argument("--seed", type=int, default=7)
     return parser.parse_args(argv)
 
 
-def _train_config(values: dict) -> TrainConfig:
+def _train_config(values: dict, horovod: dict | None = None) -> TrainConfig:
     known = {field.name for field in fields(TrainConfig)} - {"horovod"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"--settings: unknown train keys {unknown}")
-    config = TrainConfig(**values)
+    config = TrainConfig(**values, horovod=HorovodConfig(**(horovod or {})))
     config.validate("train")
     return config
 
 
 def run(settings: dict, seed: int) -> dict:
     """Train on this rank; returns the global samples/s figures (the same on every rank)."""
-    config = _train_config(settings["train"])
+    config = _train_config(settings["train"], settings.get("horovod"))
     shapes, timing = Shapes(**settings["shapes"]), Timing(**settings["timing"])
     dist = distribution.init()
     trainer = make_trainer(config, shapes.vocab_size, seed, dist)

@@ -393,7 +393,9 @@ def _decoding_figures(
 def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     """horovodrun with 1 and 2 workers of one thread each, our model at the peer's sizes; then with
     ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient allreduce per that many batches)
-    and ``plan.scaling_workers`` (1, 2 and, in the full run, 4) workers.
+    and ``plan.scaling_workers`` (1, 2 and, in the full run, 4) workers. ``scaling_overlap_*``: the plain
+    figures with ``train.horovod.overlap_allreduce`` (one allreduce per gradient tensor, started during the
+    backward pass).
 
     The worker counts are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this
     shared machine does not fall on one worker count only; each figure is the median of all its repetitions.
@@ -409,8 +411,10 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
         warmup_steps=max(1, plain_timing.warmup_steps // plan.accumulate_steps),
         steps=max(1, plain_timing.steps // plan.accumulate_steps),
     )
+    overlapped = replace(plan.peer, horovod=replace(plan.peer.horovod, overlap_allreduce=True))
     for prefix, config, counts, timing in (
         ("scaling", plan.peer, (1, 2), plain_timing),
+        ("scaling_overlap", overlapped, (1, 2), plain_timing),  # one allreduce per tensor, during backward
         ("scaling_accumulated", accumulated, plan.scaling_workers, accumulated_timing),
     ):
         repetitions: dict[int, list[float]] = {workers: [] for workers in counts}
@@ -425,7 +429,11 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
                 rounds[workers].append(common.summary_of(result["repetitions"])["median"])
                 threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
         median = {workers: common.summary_of(values)["median"] for workers, values in repetitions.items()}
-        details = {**threads, "accumulate_steps": config.accumulate_steps}
+        details = {
+            **threads,
+            "accumulate_steps": config.accumulate_steps,
+            "overlap_allreduce": config.horovod.overlap_allreduce,
+        }
         for workers in counts:
             figures[f"{prefix}_{WORKER_WORDS[workers]}_samples_per_second"] = figure(
                 median[workers], "samples/s", repetitions=repetitions[workers], **details

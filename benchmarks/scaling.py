@@ -78,6 +78,7 @@ def run_workers(
     }
     settings = {
         "train": train,
+        "horovod": dataclasses.asdict(config.horovod),
         "shapes": dataclasses.asdict(shapes),
         "timing": dataclasses.asdict(timing),
         "control": control,

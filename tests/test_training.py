@@ -270,12 +270,15 @@ def test_an_epoch_is_seeded_and_a_resume_sees_the_rest_of_its_micro_batches(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["", "accumulate"], ids=["one-batch", "accumulated"])
+@pytest.mark.parametrize(
+    "modes", [(), ("accumulate",), ("overlap",)], ids=["one-batch", "accumulated", "overlapped-allreduce"]
+)
 def test_two_worker_gradient_on_split_batch_equals_one_worker_gradient_on_whole_batch(
-    tmp_path: Path, mode: str
+    tmp_path: Path, modes: tuple[str, ...]
 ) -> None:
-    """Each rank's half as one batch, or as two accumulated micro-batches of one example each."""
-    check(horovodrun([str(WORKERS / "gradient_worker.py"), str(tmp_path), *([mode] if mode else [])]))
+    """Each rank's half as one batch, or as two accumulated micro-batches of one example each; averaged by one
+    grouped allreduce, or by one allreduce per tensor (``overlap``)."""
+    check(horovodrun([str(WORKERS / "gradient_worker.py"), str(tmp_path), *modes]))
     chief, other = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
     assert (float(chief["tokens"]), float(other["tokens"])) == (5.0, 13.0)  # unequal halves
     count = len([name for name in chief.files if name.startswith("split_")])

@@ -144,6 +144,9 @@ class HorovodConfig:
     fusion_threshold_mb: int = 64
     cycle_time_ms: float = 1.0
     fp16_allreduce: bool = False
+    # One allreduce per gradient tensor instead of one grouped call: each can start as soon as the backward
+    # pass has produced its tensor (Horovod's cycle fuses what is ready), not after the whole backward pass.
+    overlap_allreduce: bool = False
     timeline: str = ""
 
     def validate(self, key: str) -> None:

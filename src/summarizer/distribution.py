@@ -109,8 +109,14 @@ class Distribution:
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
 
-    def average_gradients(self, gradients: Sequence[Any], compression_fp16: bool = False) -> list[tf.Tensor]:
-        """The mean of each gradient over ranks (usable inside ``tf.function``)."""
+    def average_gradients(
+        self, gradients: Sequence[Any], compression_fp16: bool = False, overlap: bool = False
+    ) -> list[tf.Tensor]:
+        """The mean of each gradient over ranks (usable inside ``tf.function``).
+
+        ``overlap``: one allreduce per tensor, each free to start while the backward pass still runs, instead
+        of one grouped allreduce after it.
+        """
         return [_dense(gradient) for gradient in gradients]
 
     def sum(self, tensor: tf.Tensor) -> tf.Tensor:
@@ -187,10 +193,19 @@ class HorovodDistribution(Distribution):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
 
-    def average_gradients(self, gradients: Sequence[Any], compression_fp16: bool = False) -> list[tf.Tensor]:
+    def average_gradients(
+        self, gradients: Sequence[Any], compression_fp16: bool = False, overlap: bool = False
+    ) -> list[tf.Tensor]:
         hvd = self._hvd
         compression = hvd.Compression.fp16 if compression_fp16 else hvd.Compression.none
         dense = [_dense(gradient) for gradient in gradients]
+        if overlap:
+            # Allreduce: one per tensor; in a tf.function each starts when the backward pass has produced its
+            # tensor, and Horovod's background cycle fuses those that are ready together.
+            return [
+                hvd.allreduce(gradient, op=hvd.Average, compression=compression, name=f"gradient_{index}")
+                for index, gradient in enumerate(dense)
+            ]
         # Allreduce: each rank saw a different slice of the global batch; one grouped call fuses all tensors.
         return list(hvd.grouped_allreduce(dense, op=hvd.Average, compression=compression, name="gradients"))
 

@@ -165,7 +165,10 @@ class Trainer:
             if self._loss_scaling:
                 loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(loss, [variable.value for variable in self.model.trainable_variables])
-        averaged = self.distribution.average_gradients(gradients, self.config.horovod.fp16_allreduce)
+        horovod = self.config.horovod
+        averaged = self.distribution.average_gradients(
+            gradients, horovod.fp16_allreduce, horovod.overlap_allreduce
+        )
         return averaged, loss_sum, tokens
 
     def _forward(self, batch: dict[str, tf.Tensor], training: bool) -> dict[str, tf.Tensor]:
@@ -238,7 +241,10 @@ class Trainer:
     def _drain(self) -> list[tf.Tensor]:
         """The accumulated gradients averaged over ranks (one grouped allreduce); the accumulators zeroed."""
         sums = [accumulator.read_value() for accumulator in self._accumulators]
-        averaged = self.distribution.average_gradients(sums, self.config.horovod.fp16_allreduce)
+        horovod = self.config.horovod
+        averaged = self.distribution.average_gradients(
+            sums, horovod.fp16_allreduce, horovod.overlap_allreduce
+        )
         for accumulator in self._accumulators:
             accumulator.assign(tf.zeros_like(accumulator))
         return averaged

@@ -3,8 +3,9 @@
 Rank 0 also computes the one-process gradient on the whole batch. Each rank writes ``rank<N>.npz`` with
 ``split_<i>`` (the averaged gradients) and, on rank 0, ``whole_<i>``. With ``accumulate``, each rank's half
 is two micro-batches of one example whose gradients are accumulated (``Trainer.accumulated_gradients``).
+With ``overlap``, the gradients are averaged one allreduce per tensor (``train.horovod.overlap_allreduce``).
 
-Usage: python gradient_worker.py OUT_DIR [accumulate]
+Usage: python gradient_worker.py OUT_DIR [accumulate] [overlap]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from summarizer import distribution
-from summarizer.config import TrainConfig
+from summarizer.config import HorovodConfig, TrainConfig
 from summarizer.model import build_model
 from summarizer.training import Trainer
 
@@ -45,9 +46,16 @@ def fixed_batch() -> dict[str, tf.Tensor]:
     }
 
 
-def main(out_dir: Path, accumulate: bool = False) -> None:
+def main(out_dir: Path, accumulate: bool = False, overlap: bool = False) -> None:
     dist = distribution.init()
-    config = TrainConfig(units=16, embedding_dim=8, dropout=0.0, coverage_weight=0.5, label_smoothing=0.1)
+    config = TrainConfig(
+        units=16,
+        embedding_dim=8,
+        dropout=0.0,
+        coverage_weight=0.5,
+        label_smoothing=0.1,
+        horovod=HorovodConfig(overlap_allreduce=overlap),
+    )
     keras.mixed_precision.set_dtype_policy("float32")
     keras.utils.set_random_seed(dist.rank)  # different weights per rank until the broadcast
     trainer = Trainer(build_model(config, VOCAB_SIZE), config, dist)
@@ -69,4 +77,4 @@ def main(out_dir: Path, accumulate: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), accumulate=sys.argv[2:] == ["accumulate"])
+    main(Path(sys.argv[1]), accumulate="accumulate" in sys.argv[2:], overlap="overlap" in sys.argv[2:])

@@ -45,14 +45,16 @@ class OverflowInjection:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def average_gradients(self, gradients: Sequence[Any], compression_fp16: bool = False) -> list[tf.Tensor]:
+    def average_gradients(
+        self, gradients: Sequence[Any], compression_fp16: bool = False, overlap: bool = False
+    ) -> list[tf.Tensor]:
         gradients = list(gradients)
         if self._inner.rank == OVERFLOWING_RANK:
             last = tf.convert_to_tensor(gradients[-1])
             gradients[-1] = last + tf.where(
                 self.overflow, tf.constant(np.inf, last.dtype), tf.zeros((), last.dtype)
             )
-        return self._inner.average_gradients(gradients, compression_fp16)
+        return self._inner.average_gradients(gradients, compression_fp16, overlap)
 
 
 def main(out_dir: Path) -> None:
