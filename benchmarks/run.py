@@ -393,9 +393,9 @@ def _decoding_figures(
 def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     """horovodrun with 1 and 2 workers of one thread each, our model at the peer's sizes; then with
     ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient allreduce per that many batches)
-    and ``plan.scaling_workers`` (1, 2 and, in the full run, 4) workers. ``scaling_overlap_*``: the plain
-    figures with ``train.horovod.overlap_allreduce`` (one allreduce per gradient tensor, started during the
-    backward pass).
+    and ``plan.scaling_workers`` (1, 2 and, in the full run, 4) workers. ``scaling_overlap_*``: 2 workers with
+    ``train.horovod.overlap_allreduce`` (one allreduce per gradient tensor, started during the backward pass),
+    measured alternately with the plain 1 and 2 workers, its efficiency against the plain one-worker rate.
 
     The worker counts are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this
     shared machine does not fall on one worker count only; each figure is the median of all its repetitions.
@@ -412,40 +412,51 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
         steps=max(1, plain_timing.steps // plan.accumulate_steps),
     )
     overlapped = replace(plan.peer, horovod=replace(plan.peer.horovod, overlap_allreduce=True))
-    for prefix, config, counts, timing in (
-        ("scaling", plan.peer, (1, 2), plain_timing),
-        ("scaling_overlap", overlapped, (1, 2), plain_timing),  # one allreduce per tensor, during backward
-        ("scaling_accumulated", accumulated, plan.scaling_workers, accumulated_timing),
-    ):
-        repetitions: dict[int, list[float]] = {workers: [] for workers in counts}
-        rounds: dict[int, list[float]] = {workers: [] for workers in counts}
+    # Each group's series are measured alternately; its efficiencies divide by its first series (1 worker).
+    # The overlapped allreduce (one per tensor, during the backward pass) is a 2-worker alternative to the
+    # plain one: with one worker there is nothing to overlap.
+    groups = (
+        [("scaling", plan.peer, 1, plain_timing), ("scaling", plan.peer, 2, plain_timing)]
+        + [("scaling_overlap", overlapped, 2, plain_timing)],
+        [
+            ("scaling_accumulated", accumulated, workers, accumulated_timing)
+            for workers in plan.scaling_workers
+        ],
+    )
+    for series in groups:
+        repetitions: dict[tuple[str, int], list[float]] = {
+            (prefix, workers): [] for prefix, _, workers, _ in series
+        }
+        rounds: dict[tuple[str, int], list[float]] = {key: [] for key in repetitions}
         threads = {}
         for _ in range(plan.scaling_rounds):
-            for workers in repetitions:
+            for prefix, config, workers, timing in series:
                 result = scaling.run_workers(
                     workers, config, plan.peer_shapes, timing, plan.horovod_timeout_seconds
                 )
-                repetitions[workers].extend(result["repetitions"])
-                rounds[workers].append(common.summary_of(result["repetitions"])["median"])
+                repetitions[prefix, workers].extend(result["repetitions"])
+                rounds[prefix, workers].append(common.summary_of(result["repetitions"])["median"])
                 threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
-        median = {workers: common.summary_of(values)["median"] for workers, values in repetitions.items()}
-        details = {
-            **threads,
-            "accumulate_steps": config.accumulate_steps,
-            "overlap_allreduce": config.horovod.overlap_allreduce,
-        }
-        for workers in counts:
+        median = {key: common.summary_of(values)["median"] for key, values in repetitions.items()}
+        baseline = (series[0][0], series[0][2])
+        for prefix, config, workers, _ in series:
+            details = {
+                **threads,
+                "accumulate_steps": config.accumulate_steps,
+                "overlap_allreduce": config.horovod.overlap_allreduce,
+            }
             figures[f"{prefix}_{WORKER_WORDS[workers]}_samples_per_second"] = figure(
-                median[workers], "samples/s", repetitions=repetitions[workers], **details
+                median[prefix, workers], "samples/s", repetitions=repetitions[prefix, workers], **details
             )
-        for workers in counts[1:]:
+            if workers == 1:
+                continue
             per_round = [
                 round(scaling.scaling_efficiency(one, many, workers), 3)
-                for one, many in zip(rounds[1], rounds[workers], strict=True)
+                for one, many in zip(rounds[baseline], rounds[prefix, workers], strict=True)
             ]
             key = f"{prefix}_efficiency" if workers == 2 else f"{prefix}_{WORKER_WORDS[workers]}_efficiency"
             figures[key] = figure(
-                scaling.scaling_efficiency(median[1], median[workers], workers),
+                scaling.scaling_efficiency(median[baseline], median[prefix, workers], workers),
                 "fraction",
                 TARGETS.get(key),
                 per_round=per_round,

@@ -330,9 +330,9 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["versions"]["tensorflow"] == tf.__version__
     assert set(results["groups"]) == set(run.GROUPS)
     keys = run.figure_keys(results)
-    # 52, the overlapped allreduce's 3 (1 and 2 workers, efficiency), the ceiling's 24 (3 peaks, 5 per model
-    # of ours, 2 scaling, 4 padding)
-    assert len(keys) == 52 + 3 + 24
+    # 52, the overlapped allreduce's 2 (2 workers, efficiency), the ceiling's 24 (3 peaks, 5 per model of
+    # ours, 2 scaling, 4 padding)
+    assert len(keys) == 52 + 2 + 24
     for key in keys:
         assert {"value", "unit", "target", "met"} <= set(results[key]), key
         assert f"| {key} |" in result.stdout
@@ -355,6 +355,11 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["scaling_one_worker_samples_per_second"]["intra_op_threads"] == 1
     assert results["scaling_accumulated_two_workers_samples_per_second"]["accumulate_steps"] == 2
     assert results["scaling_overlap_two_workers_samples_per_second"]["overlap_allreduce"] is True
+    assert value["scaling_overlap_efficiency"] == pytest.approx(
+        value["scaling_overlap_two_workers_samples_per_second"]
+        / (2 * value["scaling_one_worker_samples_per_second"]),
+        rel=1e-3,
+    )
     assert results["scaling_two_workers_samples_per_second"]["overlap_allreduce"] is False
     assert results["scaling_accumulated_efficiency"]["target"] == 0.85
     assert len(results["scaling_accumulated_efficiency"]["per_round"]) == 1  # --quick: one round
