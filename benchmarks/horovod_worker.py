@@ -45,19 +45,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _train_config(values: dict, horovod: dict | None = None) -> TrainConfig:
+def _train_config(values: dict, horovod: dict) -> TrainConfig:
     known = {field.name for field in fields(TrainConfig)} - {"horovod"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"--settings: unknown train keys {unknown}")
-    config = TrainConfig(**values, horovod=HorovodConfig(**(horovod or {})))
+    config = TrainConfig(**values, horovod=HorovodConfig(**horovod))
     config.validate("train")
     return config
 
 
 def run(settings: dict, seed: int) -> dict:
     """Train on this rank; returns the global samples/s figures (the same on every rank)."""
-    config = _train_config(settings["train"], settings.get("horovod"))
+    config = _train_config(settings["train"], settings["horovod"])
     shapes, timing = Shapes(**settings["shapes"]), Timing(**settings["timing"])
     dist = distribution.init()
     trainer = make_trainer(config, shapes.vocab_size, seed, dist)

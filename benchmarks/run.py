@@ -416,8 +416,11 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     # The overlapped allreduce (one per tensor, during the backward pass) is a 2-worker alternative to the
     # plain one: with one worker there is nothing to overlap.
     groups = (
-        [("scaling", plan.peer, 1, plain_timing), ("scaling", plan.peer, 2, plain_timing)]
-        + [("scaling_overlap", overlapped, 2, plain_timing)],
+        [
+            ("scaling", plan.peer, 1, plain_timing),
+            ("scaling", plan.peer, 2, plain_timing),
+            ("scaling_overlap", overlapped, 2, plain_timing),
+        ],
         [
             ("scaling_accumulated", accumulated, workers, accumulated_timing)
             for workers in plan.scaling_workers
@@ -438,7 +441,8 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
                 rounds[prefix, workers].append(common.summary_of(result["repetitions"])["median"])
                 threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
         median = {key: common.summary_of(values)["median"] for key, values in repetitions.items()}
-        baseline = (series[0][0], series[0][2])
+        baseline_prefix, _, baseline_workers, _ = series[0]
+        baseline = (baseline_prefix, baseline_workers)
         for prefix, config, workers, _ in series:
             details = {
                 **threads,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import keras
@@ -288,3 +289,7 @@ def test_two_worker_gradient_on_split_batch_equals_one_worker_gradient_on_whole_
         np.testing.assert_allclose(chief[f"split_{index}"], whole, atol=1e-5, rtol=0)
         np.testing.assert_array_equal(other[f"split_{index}"], chief[f"split_{index}"])
     assert max(np.abs(chief[f"whole_{index}"]).max() for index in range(count)) > 1e-2  # not trivially zero
+    # the chief's Horovod timeline: one grouped allreduce of every gradient (tensors named "<name>_KofN"), or
+    # one allreduce per tensor
+    grouped = re.search(r'_\d+of\d+"', (tmp_path / "timeline.json").read_text(encoding="utf-8")) is not None
+    assert grouped == ("overlap" not in modes)

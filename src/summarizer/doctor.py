@@ -355,7 +355,7 @@ def stage_lock_finding(root: Path) -> Finding:
         problem = (
             f"{path} is {state}: a dvc command was killed while writing it, and every `dvc repro` fails with "
             f'"Unable to read RWLock-file". When no dvc command runs in {root}, delete it (`rm {path}`); '
-            "DVC writes a new one, and the train stage resumes from its checkpoint"
+            "DVC writes a new one (a train stage it was running resumes from its checkpoint)"
         )
         return Finding("DVC stage locks", f"{path}: {state}", problem)
     return Finding("DVC stage locks", "readable")

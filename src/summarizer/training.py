@@ -165,11 +165,14 @@ class Trainer:
             if self._loss_scaling:
                 loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(loss, [variable.value for variable in self.model.trainable_variables])
+        return self._average(gradients), loss_sum, tokens
+
+    def _average(self, gradients: Sequence[Any]) -> list[tf.Tensor]:
+        """Gradients averaged over ranks as ``train.horovod`` says (compression; one call or per tensor)."""
         horovod = self.config.horovod
-        averaged = self.distribution.average_gradients(
+        return self.distribution.average_gradients(
             gradients, horovod.fp16_allreduce, horovod.overlap_allreduce
         )
-        return averaged, loss_sum, tokens
 
     def _forward(self, batch: dict[str, tf.Tensor], training: bool) -> dict[str, tf.Tensor]:
         """The full distribution when label smoothing needs it, else only the targets' log-probabilities."""
@@ -240,11 +243,7 @@ class Trainer:
 
     def _drain(self) -> list[tf.Tensor]:
         """The accumulated gradients averaged over ranks (one grouped allreduce); the accumulators zeroed."""
-        sums = [accumulator.read_value() for accumulator in self._accumulators]
-        horovod = self.config.horovod
-        averaged = self.distribution.average_gradients(
-            sums, horovod.fp16_allreduce, horovod.overlap_allreduce
-        )
+        averaged = self._average([accumulator.read_value() for accumulator in self._accumulators])
         for accumulator in self._accumulators:
             accumulator.assign(tf.zeros_like(accumulator))
         return averaged

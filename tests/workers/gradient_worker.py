@@ -4,6 +4,7 @@ Rank 0 also computes the one-process gradient on the whole batch. Each rank writ
 ``split_<i>`` (the averaged gradients) and, on rank 0, ``whole_<i>``. With ``accumulate``, each rank's half
 is two micro-batches of one example whose gradients are accumulated (``Trainer.accumulated_gradients``).
 With ``overlap``, the gradients are averaged one allreduce per tensor (``train.horovod.overlap_allreduce``).
+The chief writes its Horovod timeline to ``timeline.json``.
 
 Usage: python gradient_worker.py OUT_DIR [accumulate] [overlap]
 """
@@ -47,7 +48,8 @@ def fixed_batch() -> dict[str, tf.Tensor]:
 
 
 def main(out_dir: Path, accumulate: bool = False, overlap: bool = False) -> None:
-    dist = distribution.init()
+    dist = distribution.init(dynamic_timeline=True)
+    dist.start_timeline(out_dir / "timeline.json")  # the chief's: which allreduces ran
     config = TrainConfig(
         units=16,
         embedding_dim=8,
@@ -68,6 +70,7 @@ def main(out_dir: Path, accumulate: bool = False, overlap: bool = False) -> None
         split, _, tokens = trainer.accumulated_gradients(micro_batches)
     else:
         split, _, tokens = trainer.gradients(half)
+    dist.stop_timeline()
     arrays = {f"split_{index}": np.asarray(gradient) for index, gradient in enumerate(split)}
     arrays["tokens"] = np.asarray(tokens)
     if dist.is_chief:
