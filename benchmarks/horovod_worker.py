@@ -59,7 +59,7 @@ def run(settings: dict, seed: int) -> dict:
     """Train on this rank; returns the global samples/s figures (the same on every rank)."""
     config = _train_config(settings["train"], settings["horovod"])
     shapes, timing = Shapes(**settings["shapes"]), Timing(**settings["timing"])
-    dist = distribution.init()
+    dist = distribution.init(horovod=config.horovod)
     trainer = make_trainer(config, shapes.vocab_size, seed, dist)
     dist.broadcast_variables(trainer.variables)
     batches = synthetic_batches(shapes, DISTINCT_BATCHES, seed + dist.rank)  # each rank its own data
@@ -94,6 +94,7 @@ def run(settings: dict, seed: int) -> dict:
         "repetitions": summary["repetitions"],
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "cycle_time_ms": dist.cycle_time_ms,  # train.horovod.cycle_time_ms as this rank resolved it
         "is_chief": dist.is_chief,
     }
 

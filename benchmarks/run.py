@@ -47,6 +47,7 @@ from summarizer.model import build_model
 from summarizer.tokenization import PAD_ID, Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+HOROVOD_CYCLE_TIME_MS = 1.0  # Horovod's default cycle, compared with train.horovod.cycle_time_ms: auto
 WORKER_WORDS = {1: "one_worker", 2: "two_workers", 4: "four_workers"}
 GROUPS = (
     "training",
@@ -394,8 +395,10 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
     """horovodrun with 1 and 2 workers of one thread each, our model at the peer's sizes; then with
     ``plan.accumulate_steps`` micro-batches per optimizer step (one gradient allreduce per that many batches)
     and ``plan.scaling_workers`` (1, 2 and, in the full run, 4) workers. ``scaling_overlap_*``: 2 workers with
-    ``train.horovod.overlap_allreduce`` (one allreduce per gradient tensor, started during the backward pass),
-    measured alternately with the plain 1 and 2 workers, its efficiency against the plain one-worker rate.
+    ``train.horovod.overlap_allreduce`` (one allreduce per gradient tensor, started during the backward pass);
+    ``scaling_horovod_cycle_*``: 2 workers with Horovod's own 1 ms cycle instead of ``cycle_time_ms: auto``
+    (20 ms on CPUs); both measured alternately with the plain 1 and 2 workers, their efficiencies against the
+    plain one-worker rate.
 
     The worker counts are measured alternately, ``plan.scaling_rounds`` times each, so a slow spell of this
     shared machine does not fall on one worker count only; each figure is the median of all its repetitions.
@@ -412,14 +415,18 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
         steps=max(1, plain_timing.steps // plan.accumulate_steps),
     )
     overlapped = replace(plan.peer, horovod=replace(plan.peer.horovod, overlap_allreduce=True))
+    horovod_cycle = replace(
+        plan.peer, horovod=replace(plan.peer.horovod, cycle_time_ms=HOROVOD_CYCLE_TIME_MS)
+    )
     # Each group's series are measured alternately; its efficiencies divide by its first series (1 worker).
-    # The overlapped allreduce (one per tensor, during the backward pass) is a 2-worker alternative to the
-    # plain one: with one worker there is nothing to overlap.
+    # The overlapped allreduce (one per tensor, during the backward pass) and Horovod's own cycle time are
+    # 2-worker alternatives to the defaults: with one worker there is nothing to overlap or coordinate.
     groups = (
         [
             ("scaling", plan.peer, 1, plain_timing),
             ("scaling", plan.peer, 2, plain_timing),
             ("scaling_overlap", overlapped, 2, plain_timing),
+            ("scaling_horovod_cycle", horovod_cycle, 2, plain_timing),
         ],
         [
             ("scaling_accumulated", accumulated, workers, accumulated_timing)
@@ -432,6 +439,7 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
         }
         rounds: dict[tuple[str, int], list[float]] = {key: [] for key in repetitions}
         threads = {}
+        cycle_times = {}
         for _ in range(plan.scaling_rounds):
             for prefix, config, workers, timing in series:
                 result = scaling.run_workers(
@@ -440,6 +448,7 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
                 repetitions[prefix, workers].extend(result["repetitions"])
                 rounds[prefix, workers].append(common.summary_of(result["repetitions"])["median"])
                 threads = {name: result[name] for name in ("intra_op_threads", "inter_op_threads")}
+                cycle_times[prefix, workers] = result["cycle_time_ms"]
         median = {key: common.summary_of(values)["median"] for key, values in repetitions.items()}
         baseline_prefix, _, baseline_workers, _ = series[0]
         baseline = (baseline_prefix, baseline_workers)
@@ -448,6 +457,7 @@ def run_scaling(plan: Plan, options: argparse.Namespace) -> dict[str, Any]:
                 **threads,
                 "accumulate_steps": config.accumulate_steps,
                 "overlap_allreduce": config.horovod.overlap_allreduce,
+                "cycle_time_ms": cycle_times[prefix, workers],  # as the worker resolved train.horovod's
             }
             figures[f"{prefix}_{WORKER_WORDS[workers]}_samples_per_second"] = figure(
                 median[prefix, workers], "samples/s", repetitions=repetitions[prefix, workers], **details

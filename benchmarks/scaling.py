@@ -38,8 +38,12 @@ def worker_environment() -> dict[str, str]:
     return environment
 
 
-def horovodrun_command(workers: int, config: TrainConfig, settings: dict[str, Any], out: Path) -> list[str]:
-    """The train stage's launcher line (dvc.yaml), with the benchmark worker instead of pipeline.train."""
+def horovodrun_command(workers: int, settings: dict[str, Any], out: Path) -> list[str]:
+    """The train stage's launcher line (dvc.yaml), with the benchmark worker instead of pipeline.train.
+
+    The worker sets Horovod's fusion threshold and cycle time from ``settings["horovod"]``, as the train stage
+    does from ``train.horovod``.
+    """
     return [
         str(Path(sys.executable).parent / "horovodrun"),
         "--gloo",
@@ -47,10 +51,6 @@ def horovodrun_command(workers: int, config: TrainConfig, settings: dict[str, An
         str(workers),
         "-H",
         f"localhost:{workers}",
-        "--fusion-threshold-mb",
-        str(config.horovod.fusion_threshold_mb),
-        "--cycle-time-ms",
-        str(config.horovod.cycle_time_ms),
         sys.executable,
         "-m",
         "benchmarks.horovod_worker",
@@ -85,7 +85,7 @@ def run_workers(
     }
     with tempfile.TemporaryDirectory(prefix="benchmark-horovod-") as directory:
         out = Path(directory) / "result.json"
-        command = horovodrun_command(workers, config, settings, out)
+        command = horovodrun_command(workers, settings, out)
         result = subprocess.run(
             command, cwd=REPO_ROOT, env=worker_environment(), capture_output=True, text=True, timeout=timeout
         )

@@ -51,7 +51,8 @@ def run(arguments: argparse.Namespace, params: Params) -> None:
         root=arguments.root or tracking.project_root(),
         timings=arguments.timings,
     )
-    ranks = distribution.init(dynamic_timeline=bool(params.train.horovod.timeline))
+    horovod = params.train.horovod
+    ranks = distribution.init(dynamic_timeline=bool(horovod.timeline), horovod=horovod)
     make_deterministic(params.train.seed)  # after init, which sets the thread counts
     runner.run_training(params, ranks, paths)
 

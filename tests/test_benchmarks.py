@@ -27,7 +27,7 @@ from benchmarks import (
 )
 from benchmarks.common import Shapes, figure, synthetic_batch, target_tokens
 from summarizer import records
-from summarizer.config import EvaluateConfig, TrainConfig
+from summarizer.config import CPU_CYCLE_TIME_MS, EvaluateConfig, TrainConfig
 from summarizer.model import build_model
 from summarizer.records import example_lengths
 from summarizer.tokenization import BOS_ID, EOS_ID, PAD_ID
@@ -122,7 +122,7 @@ def test_scaling_efficiency_and_worker_environment() -> None:
     assert scaling.scaling_efficiency(100.0, 200.0, workers=4) == pytest.approx(0.5)
     environment = scaling.worker_environment()
     assert environment["TF_NUM_INTRAOP_THREADS"] == "1" and environment["TF_NUM_INTEROP_THREADS"] == "1"
-    command = scaling.horovodrun_command(2, TrainConfig(), {"train": {}}, Path("out.json"))
+    command = scaling.horovodrun_command(2, {"train": {}}, Path("out.json"))
     assert command[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
 
 
@@ -330,9 +330,9 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
     assert results["versions"]["tensorflow"] == tf.__version__
     assert set(results["groups"]) == set(run.GROUPS)
     keys = run.figure_keys(results)
-    # 52, the overlapped allreduce's 2 (2 workers, efficiency), the ceiling's 24 (3 peaks, 5 per model of
-    # ours, 2 scaling, 4 padding)
-    assert len(keys) == 52 + 2 + 24
+    # 52, the overlapped allreduce's 2 (2 workers, efficiency), Horovod's own cycle time's 2, the ceiling's 24
+    # (3 peaks, 5 per model of ours, 2 scaling, 4 padding)
+    assert len(keys) == 52 + 2 + 2 + 24
     for key in keys:
         assert {"value", "unit", "target", "met"} <= set(results[key]), key
         assert f"| {key} |" in result.stdout
@@ -361,6 +361,14 @@ def test_quick_run_writes_every_figure_with_its_target(tmp_path: Path, capsys: p
         rel=1e-3,
     )
     assert results["scaling_two_workers_samples_per_second"]["overlap_allreduce"] is False
+    # cycle_time_ms: auto came to the CPU value on the ranks; the comparison series ran Horovod's 1 ms
+    assert results["scaling_two_workers_samples_per_second"]["cycle_time_ms"] == CPU_CYCLE_TIME_MS
+    assert results["scaling_horovod_cycle_two_workers_samples_per_second"]["cycle_time_ms"] == 1.0
+    assert value["scaling_horovod_cycle_efficiency"] == pytest.approx(
+        value["scaling_horovod_cycle_two_workers_samples_per_second"]
+        / (2 * value["scaling_one_worker_samples_per_second"]),
+        rel=1e-3,
+    )
     assert results["scaling_accumulated_efficiency"]["target"] == 0.85
     assert len(results["scaling_accumulated_efficiency"]["per_round"]) == 1  # --quick: one round
     assert value["batching_tokens_speedup"] == pytest.approx(

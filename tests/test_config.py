@@ -38,6 +38,14 @@ def test_a_missing_section_or_key_takes_its_default() -> None:
         ({"tokenize": {"vocab_sise": 8000}}, "tokenize.vocab_sise: unknown key; allowed keys are"),
         ({"tokeniz": {}}, "tokeniz: unknown key"),
         ({"train": {"horovod": {"cycle_time": 5}}}, "train.horovod.cycle_time: unknown key"),
+        (
+            {"train": {"horovod": {"cycle_time_ms": "fast"}}},
+            "train.horovod.cycle_time_ms: expected a number or 'auto', got 'fast'",
+        ),
+        (
+            {"train": {"horovod": {"cycle_time_ms": 0}}},
+            "train.horovod.cycle_time_ms: expected auto or a number > 0, got 0.0",
+        ),
         ({"tokenize": {"seed": -1}}, "tokenize.seed: expected an integer >= 0, got -1"),
         ({"tokenize": {"num_threads": 0}}, "tokenize.num_threads: expected 1..256, got 0"),
         (
@@ -105,3 +113,11 @@ def test_batching_defaults_are_todays_batches_and_a_token_budget_may_be_set() ->
     values = {"batch_type": "tokens", "batch_size": 80, "accumulate_steps": 4}
     tokens = params_from_dict({"train": values}).train
     assert (tokens.batch_type, tokens.batch_size, tokens.accumulate_steps) == ("tokens", 80, 4)
+
+
+def test_horovod_cycle_time_auto_is_horovods_default_on_gpus_and_longer_on_cpus() -> None:
+    auto = params_from_dict({}).train.horovod
+    assert auto.cycle_time_ms == "auto"
+    assert (auto.cycle_time_for(gpus=True), auto.cycle_time_for(gpus=False)) == (1.0, 20.0)
+    chosen = params_from_dict({"train": {"horovod": {"cycle_time_ms": 3}}}).train.horovod
+    assert (chosen.cycle_time_for(gpus=True), chosen.cycle_time_for(gpus=False)) == (3.0, 3.0)

@@ -12,9 +12,11 @@ import pytest
 import tensorflow as tf
 
 from summarizer import distribution
+from summarizer.config import CPU_CYCLE_TIME_MS, HorovodConfig
 from tests.workers.launch import check, horovodrun
 
 WORKER = Path(__file__).parent / "workers" / "distribution_worker.py"
+CYCLE_WORKER = Path(__file__).parent / "workers" / "cycle_worker.py"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,39 @@ def test_broadcast_makes_keras_variables_equal_to_the_chiefs(two_rank_results: l
 def test_dynamic_timeline_is_written_by_the_chief(two_rank_results: list[dict]) -> None:
     timeline = two_rank_results[0]["timeline"].read_text()
     assert "ALLREDUCE" in timeline and "BROADCAST" in timeline
+
+
+def cycle_gaps_ms(timeline: Path) -> list[float]:
+    """Milliseconds between consecutive ``CYCLE_START`` marks of a Horovod timeline (a Chrome trace)."""
+    text = timeline.read_text(encoding="utf-8").rstrip().rstrip(",")
+    events = json.loads(text if text.endswith("]") else text + "]")
+    starts = sorted(event["ts"] for event in events if event.get("name") == "CYCLE_START")
+    return [(later - earlier) / 1000 for earlier, later in zip(starts, starts[1:], strict=False)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("setting", "expected_ms"), [("auto", CPU_CYCLE_TIME_MS), ("5", 5.0)])
+def test_horovod_cycles_at_the_params_cycle_time_whatever_the_launcher_set(
+    tmp_path: Path, setting: str, expected_ms: float
+) -> None:
+    # The launcher asks for 1 ms (as `horovodrun --cycle-time-ms 1` or an MPIJob's `-x` would); params win.
+    check(horovodrun([str(CYCLE_WORKER), str(tmp_path), setting], environment={"HOROVOD_CYCLE_TIME": "1"}))
+    assert json.loads((tmp_path / "cycle.json").read_text()) == {"cycle_time_ms": expected_ms}
+    gaps = cycle_gaps_ms(tmp_path / "timeline.json")
+    assert len(gaps) >= 1000 / expected_ms / 2, f"{len(gaps)} cycles in a second"
+    assert expected_ms * 0.9 <= float(np.median(gaps)) <= expected_ms * 1.5, gaps
+
+
+def test_horovod_environment_is_train_horovod_as_horovodrun_would_set_it() -> None:
+    config = HorovodConfig(fusion_threshold_mb=32, cycle_time_ms="auto")
+    assert distribution.horovod_environment(config, gpus=False) == {
+        "HOROVOD_FUSION_THRESHOLD": str(32 * 1024 * 1024),
+        "HOROVOD_CYCLE_TIME": f"{CPU_CYCLE_TIME_MS:g}",
+    }
+    assert distribution.horovod_environment(config, gpus=True)["HOROVOD_CYCLE_TIME"] == "1"
+    assert distribution.horovod_environment(HorovodConfig(cycle_time_ms=2.5), gpus=True)[
+        "HOROVOD_CYCLE_TIME"
+    ] == ("2.5")
 
 
 def test_launched_by_horovodrun_reads_the_launcher_environment() -> None:

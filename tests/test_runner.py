@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from summarizer import runner, tracking
+from summarizer.config import CPU_CYCLE_TIME_MS
 from summarizer.distribution import LocalDistribution
 from tests.workers.launch import check, horovodrun
 from tests.workers.tiny_data import tiny_train_params, write_params, write_tokenized
@@ -134,6 +135,9 @@ def test_two_worker_training_resumes_after_kill_in_the_same_mlflow_run(
     assert json.loads((tmp_path / "models/summarizer/run.json").read_text())["run_id"] == run.info.run_id
     assert run.data.params["train.units"] == "16" and run.data.params["evaluate.beam_width"] == "4"
     assert run.data.tags["workers"] == "2" and run.data.tags["dvc_stage"] == "train"
+    # train.horovod.cycle_time_ms: auto, as it came to on these CPU ranks
+    assert run.data.params["train.horovod.cycle_time_ms"] == "auto"
+    assert run.data.tags["horovod_cycle_time_ms"] == f"{CPU_CYCLE_TIME_MS:g}"
     client = mlflow.MlflowClient(uri)
     val_losses = client.get_metric_history(run.info.run_id, "val_loss")
     assert sorted(metric.step for metric in val_losses if metric.step <= 3) == [1, 2, 3]

@@ -17,6 +17,11 @@ from typing import Any, Literal
 
 import yaml
 
+# train.horovod.cycle_time_ms: auto. On CPU ranks Horovod's 1 ms costs 2-worker efficiency (0.79 against about
+# 0.95 at 20 ms on the 2-core VM: README, the scaling benchmark); a CPU step takes about a second, so waiting
+# for the next cycle costs ~1%. GPU steps are far shorter, and their CPUs idle: Horovod's 1 ms.
+CPU_CYCLE_TIME_MS = 20.0
+GPU_CYCLE_TIME_MS = 1.0
 AUTO_VOCAB_SIZE = 8000  # tokenize.vocab_size: auto asks for this many pieces, fewer if the corpus is small
 # registry.model_name: MLflow forbids '/' and ':'; '@' would break `models:/<name>@<alias>` URIs.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -139,10 +144,14 @@ class TokenizeConfig:
 
 @dataclass(frozen=True)
 class HorovodConfig:
-    """Horovod tuning knobs, passed through as HOROVOD_* environment variables."""
+    """Horovod tuning knobs: ``distribution.init`` sets them as HOROVOD_* variables before ``hvd.init()``."""
 
     fusion_threshold_mb: int = 64
-    cycle_time_ms: float = 1.0
+    # How often Horovod's background thread wakes to agree with the other ranks on what to reduce; each wake
+    # is a small collective, whether or not a gradient is waiting. "auto": GPU_CYCLE_TIME_MS when the ranks
+    # train on GPUs (Horovod's own default: short steps, idle CPUs), else CPU_CYCLE_TIME_MS (the thread shares
+    # the cores the ranks compute on).
+    cycle_time_ms: float | Literal["auto"] = "auto"
     fp16_allreduce: bool = False
     # One allreduce per gradient tensor instead of one grouped call: each can start as soon as the backward
     # pass has produced its tensor (Horovod's cycle fuses what is ready), not after the whole backward pass.
@@ -151,7 +160,17 @@ class HorovodConfig:
 
     def validate(self, key: str) -> None:
         _check(self.fusion_threshold_mb >= 0, f"{key}.fusion_threshold_mb", "expected an integer >= 0")
-        _check(self.cycle_time_ms > 0, f"{key}.cycle_time_ms", "expected a number > 0")
+        _check(
+            self.cycle_time_ms == "auto" or self.cycle_time_ms > 0,
+            f"{key}.cycle_time_ms",
+            f"expected auto or a number > 0, got {self.cycle_time_ms!r}",
+        )
+
+    def cycle_time_for(self, gpus: bool) -> float:
+        """Milliseconds per Horovod cycle: ``cycle_time_ms``, or for "auto" the value for GPU or CPU ranks."""
+        if self.cycle_time_ms != "auto":
+            return float(self.cycle_time_ms)
+        return GPU_CYCLE_TIME_MS if gpus else CPU_CYCLE_TIME_MS
 
 
 @dataclass(frozen=True)
@@ -363,6 +382,8 @@ def _type_name(annotation: Any) -> str:
         return " or ".join(_type_name(member) for member in typing.get_args(annotation))
     if annotation is int:
         return "an integer"
+    if annotation is float:
+        return "a number"
     if typing.get_origin(annotation) is Literal and len(typing.get_args(annotation)) == 1:
         return repr(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) is Literal:
@@ -467,6 +488,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 __all__ = [
     "AUTO_VOCAB_SIZE",
+    "CPU_CYCLE_TIME_MS",
+    "GPU_CYCLE_TIME_MS",
     "ConfigError",
     "EvaluateConfig",
     "HorovodConfig",

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import tensorflow as tf
 
+from summarizer.config import HorovodConfig
+
 # How a collective fails when another rank has died.
 PEER_FAILURE_MESSAGES = (
     "Horovod has been shut down",
@@ -90,6 +92,7 @@ class Distribution:
     size: int = 1
     local_rank: int = 0
     controller: str = ""  # Horovod's controller at run time: "MPI" or "Gloo"
+    cycle_time_ms: float | None = None  # Horovod's cycle (HOROVOD_CYCLE_TIME); None without Horovod
 
     @property
     def is_chief(self) -> bool:
@@ -154,8 +157,11 @@ class Distribution:
     def barrier(self) -> None:
         """Return once every rank has reached this call."""
 
-    def start_timeline(self, path: str | os.PathLike[str]) -> None:
-        """Record a Horovod timeline (a Chrome trace of the collectives) into ``path``; none here."""
+    def start_timeline(self, path: str | os.PathLike[str], mark_cycles: bool = False) -> None:
+        """Record a Horovod timeline (a Chrome trace of the collectives) into ``path``; none here.
+
+        ``mark_cycles``: also mark the start of each of Horovod's coordination cycles (``CYCLE_START``).
+        """
 
     def stop_timeline(self) -> None:
         """Close the timeline file."""
@@ -256,9 +262,9 @@ class HorovodDistribution(Distribution):
         # Allreduce: horovod.tensorflow has no barrier; a tiny allreduce completes only when all ranks join.
         self._hvd.allreduce(tf.constant(0, dtype=tf.int32), op=self._hvd.Sum, name="barrier").numpy()
 
-    def start_timeline(self, path: str | os.PathLike[str]) -> None:
+    def start_timeline(self, path: str | os.PathLike[str], mark_cycles: bool = False) -> None:
         """Needs ``init(dynamic_timeline=True)`` (HOROVOD_TIMELINE=DYNAMIC); rank 0 writes the file."""
-        self._hvd.start_timeline(os.fspath(path), mark_cycles=False)
+        self._hvd.start_timeline(os.fspath(path), mark_cycles=mark_cycles)
 
     def stop_timeline(self) -> None:
         self._hvd.stop_timeline()
@@ -269,7 +275,19 @@ def launched_by_horovodrun(environment: Mapping[str, str] | None = None) -> bool
     return any(name in environment for name in LAUNCHER_VARIABLES)
 
 
-def init(dynamic_timeline: bool = False) -> Distribution:
+def horovod_environment(config: HorovodConfig, gpus: bool) -> dict[str, str]:
+    """The HOROVOD_* variables of ``config`` (``gpus``: the ranks train on GPUs, for ``cycle_time_ms: auto``).
+
+    The same variables ``horovodrun --fusion-threshold-mb / --cycle-time-ms`` would set; :func:`init` sets
+    them itself, so params.yaml is their one source under any launcher (horovodrun, mpirun, an MPIJob).
+    """
+    return {
+        "HOROVOD_FUSION_THRESHOLD": str(config.fusion_threshold_mb * 1024 * 1024),
+        "HOROVOD_CYCLE_TIME": f"{config.cycle_time_for(gpus):g}",
+    }
+
+
+def init(dynamic_timeline: bool = False, horovod: HorovodConfig | None = None) -> Distribution:
     """Start Horovod when launched by ``horovodrun`` (else one local process) and pin this process's GPU.
 
     Call it first, before any TensorFlow op runs: CPU thread counts can only be set before.
@@ -277,16 +295,23 @@ def init(dynamic_timeline: bool = False) -> Distribution:
     Args:
         dynamic_timeline: allow :meth:`Distribution.start_timeline` (sets ``HOROVOD_TIMELINE=DYNAMIC``
             unless the launcher already chose a timeline file).
+        horovod: ``train.horovod`` (default: its defaults); its fusion threshold and cycle time replace
+            whatever the launcher set.
     """
     if not launched_by_horovodrun():
         distribution: Distribution = LocalDistribution()
     else:
         if dynamic_timeline:
             os.environ.setdefault("HOROVOD_TIMELINE", "DYNAMIC")
+        variables = horovod_environment(
+            horovod or HorovodConfig(), gpus=bool(tf.config.list_physical_devices("GPU"))
+        )
+        os.environ.update(variables)  # read by hvd.init()
         import horovod.tensorflow as hvd
 
         hvd.init()
         distribution = HorovodDistribution(hvd)
+        distribution.cycle_time_ms = float(variables["HOROVOD_CYCLE_TIME"])
     distribution.pin_gpu()
     return distribution
 
@@ -346,6 +371,7 @@ __all__ = [
     "LocalDistribution",
     "gpu_for_local_rank",
     "horovod_build",
+    "horovod_environment",
     "init",
     "launched_by_horovodrun",
 ]

@@ -153,6 +153,8 @@ def _chief_run(
         "cell": config.cell,
         "copy_attention": str(config.copy_attention),
     }
+    if distribution.cycle_time_ms is not None:  # what train.horovod.cycle_time_ms (auto, or a number) came to
+        tags["horovod_cycle_time_ms"] = f"{distribution.cycle_time_ms:g}"
     name = tracking.run_name(config.cell, config.precision, distribution.size)
     # Signals are StopRequest's: a SIGTERM must not interrupt a step or a checkpoint half-way.
     with tracking.tracked_run(tracker, params.tracking.experiment, name, tags, run_id, handle_sigterm=False):
