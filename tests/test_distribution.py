@@ -74,10 +74,35 @@ def test_dynamic_timeline_is_written_by_the_chief(two_rank_results: list[dict]) 
     assert "ALLREDUCE" in timeline and "BROADCAST" in timeline
 
 
-def cycle_gaps_ms(timeline: Path) -> list[float]:
-    """Milliseconds between consecutive ``CYCLE_START`` marks of a Horovod timeline (a Chrome trace)."""
+def timeline_events(timeline: Path) -> list[dict]:
+    """The events of a Horovod timeline (a Chrome trace; Horovod leaves the closing bracket out)."""
     text = timeline.read_text(encoding="utf-8").rstrip().rstrip(",")
-    events = json.loads(text if text.endswith("]") else text + "]")
+    return json.loads(text if text.endswith("]") else text + "]")
+
+
+def collective_names(timeline: Path) -> set[str]:
+    """The tensor names of the collectives a timeline recorded (one trace "process" each)."""
+    events = timeline_events(timeline)
+    return {event["args"]["name"] for event in events if event.get("name") == "process_name" and event["pid"]}
+
+
+@pytest.mark.slow
+def test_one_rank_skips_the_per_step_collectives(tmp_path: Path, two_rank_results: list[dict]) -> None:
+    # The gradient average and the token sum run every step; with one rank they would only wait for Horovod's
+    # next cycle (train.workers: 1 still launches horovodrun). The rarer collectives still go through Horovod.
+    check(horovodrun([str(WORKER), str(tmp_path)], workers=1))
+    result = json.loads((tmp_path / "rank0.json").read_text())
+    assert result["size"] == 1 and result["averaged"] == [np.full((2, 3), 1.0).tolist(), [[0.0], [0.0]]]
+    assert result["averaged_fp16"] == [0.5] * 4 and result["graph_sum"] == [1.0, 0.0]
+    per_step = {"sum", "HorovodGroupedAllreduce_1of2", "HorovodGroupedAllreduce_1of1"}
+    assert per_step <= collective_names(two_rank_results[0]["timeline"])  # what two ranks record
+    one_rank = collective_names(tmp_path / "timeline.json")
+    assert not per_step & one_rank and "HorovodAllreduce" in one_rank, one_rank
+
+
+def cycle_gaps_ms(timeline: Path) -> list[float]:
+    """Milliseconds between consecutive ``CYCLE_START`` marks of a Horovod timeline."""
+    events = timeline_events(timeline)
     starts = sorted(event["ts"] for event in events if event.get("name") == "CYCLE_START")
     return [(later - earlier) / 1000 for earlier, later in zip(starts, starts[1:], strict=False)]
 

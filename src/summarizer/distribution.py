@@ -205,6 +205,9 @@ class HorovodDistribution(Distribution):
         hvd = self._hvd
         compression = hvd.Compression.fp16 if compression_fp16 else hvd.Compression.none
         dense = [_dense(gradient) for gradient in gradients]
+        if self.size == 1:
+            # One rank: nothing to average, and Horovod would still hold each step for its next cycle.
+            return dense
         if overlap:
             # Allreduce: one per tensor; in a tf.function each starts when the backward pass has produced its
             # tensor, and Horovod's background cycle fuses those that are ready together.
@@ -216,6 +219,8 @@ class HorovodDistribution(Distribution):
         return list(hvd.grouped_allreduce(dense, op=hvd.Average, compression=compression, name="gradients"))
 
     def sum(self, tensor: tf.Tensor) -> tf.Tensor:
+        if self.size == 1:  # as in average_gradients: a per-step collective that has nothing to add up
+            return tf.convert_to_tensor(tensor)
         # Allreduce: a global count (e.g. target tokens) that weights every rank's share of the loss.
         return self._hvd.allreduce(tf.convert_to_tensor(tensor), op=self._hvd.Sum, name="sum")
 
