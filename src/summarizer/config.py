@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-# train.horovod.cycle_time_ms: auto. On CPU ranks Horovod's 1 ms costs 2-worker efficiency (0.79 against about
-# 0.95 at 20 ms on the 2-core VM: README, the scaling benchmark); a CPU step takes about a second, so waiting
-# for the next cycle costs ~1%. GPU steps are far shorter, and their CPUs idle: Horovod's 1 ms.
+# train.horovod.cycle_time_ms: auto. On CPU ranks Horovod's 1 ms costs 2-worker efficiency (0.79 against 0.87
+# at 20 ms on the 2-core VM: README, the scaling benchmark); a CPU step takes about a second, so waiting for
+# the next cycle costs ~1-2%. GPU steps are far shorter, and their CPUs idle: Horovod's 1 ms.
 CPU_CYCLE_TIME_MS = 20.0
 GPU_CYCLE_TIME_MS = 1.0
 AUTO_VOCAB_SIZE = 8000  # tokenize.vocab_size: auto asks for this many pieces, fewer if the corpus is small
