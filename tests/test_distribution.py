@@ -127,9 +127,8 @@ def test_horovod_environment_is_train_horovod_as_horovodrun_would_set_it() -> No
         "HOROVOD_CYCLE_TIME": f"{CPU_CYCLE_TIME_MS:g}",
     }
     assert distribution.horovod_environment(config, gpus=True)["HOROVOD_CYCLE_TIME"] == "1"
-    assert distribution.horovod_environment(HorovodConfig(cycle_time_ms=2.5), gpus=True)[
-        "HOROVOD_CYCLE_TIME"
-    ] == ("2.5")
+    chosen = HorovodConfig(cycle_time_ms=2.5)
+    assert distribution.horovod_environment(chosen, gpus=True)["HOROVOD_CYCLE_TIME"] == "2.5"
 
 
 def test_launched_by_horovodrun_reads_the_launcher_environment() -> None:

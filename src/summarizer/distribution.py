@@ -202,12 +202,12 @@ class HorovodDistribution(Distribution):
     def average_gradients(
         self, gradients: Sequence[Any], compression_fp16: bool = False, overlap: bool = False
     ) -> list[tf.Tensor]:
+        if self.size == 1:
+            # One rank: nothing to average, and Horovod would still hold each step for its next cycle.
+            return super().average_gradients(gradients)
         hvd = self._hvd
         compression = hvd.Compression.fp16 if compression_fp16 else hvd.Compression.none
         dense = [_dense(gradient) for gradient in gradients]
-        if self.size == 1:
-            # One rank: nothing to average, and Horovod would still hold each step for its next cycle.
-            return dense
         if overlap:
             # Allreduce: one per tensor; in a tf.function each starts when the backward pass has produced its
             # tensor, and Horovod's background cycle fuses those that are ready together.
@@ -220,7 +220,7 @@ class HorovodDistribution(Distribution):
 
     def sum(self, tensor: tf.Tensor) -> tf.Tensor:
         if self.size == 1:  # as in average_gradients: a per-step collective that has nothing to add up
-            return tf.convert_to_tensor(tensor)
+            return super().sum(tensor)
         # Allreduce: a global count (e.g. target tokens) that weights every rank's share of the loss.
         return self._hvd.allreduce(tf.convert_to_tensor(tensor), op=self._hvd.Sum, name="sum")
 
@@ -308,15 +308,14 @@ def init(dynamic_timeline: bool = False, horovod: HorovodConfig | None = None) -
     else:
         if dynamic_timeline:
             os.environ.setdefault("HOROVOD_TIMELINE", "DYNAMIC")
-        variables = horovod_environment(
-            horovod or HorovodConfig(), gpus=bool(tf.config.list_physical_devices("GPU"))
-        )
-        os.environ.update(variables)  # read by hvd.init()
+        config = horovod or HorovodConfig()
+        gpus = bool(tf.config.list_physical_devices("GPU"))
+        os.environ.update(horovod_environment(config, gpus))  # read by hvd.init()
         import horovod.tensorflow as hvd
 
         hvd.init()
         distribution = HorovodDistribution(hvd)
-        distribution.cycle_time_ms = float(variables["HOROVOD_CYCLE_TIME"])
+        distribution.cycle_time_ms = config.cycle_time_for(gpus)
     distribution.pin_gpu()
     return distribution
 
